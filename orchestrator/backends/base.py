@@ -1,0 +1,69 @@
+"""The one interface every isolation backend implements."""
+
+import abc
+
+
+class Backend(abc.ABC):
+    """A kind of guest: how it is made, started, stopped, reached by Ansible and metered.
+
+    Every host object `create` makes is recorded through `record(kind, **data)` before it is
+    made, so `destroy` (and rollback after a failed create) undoes exactly those objects.
+    """
+
+    kind = ""
+    #: The memory cap can be changed while the guest runs.
+    can_resize_live = False
+    #: Commands can be run inside the guest as the tenant (`execute`).
+    can_execute = False
+
+    def __init__(self, config, store):
+        self.config = config
+        self.store = store
+
+    @abc.abstractmethod
+    def preflight(self):
+        """Check this host can run the kind; raise PreflightError saying what to fix."""
+
+    @abc.abstractmethod
+    def create(self, tenant, record):
+        """Make the guest's root, network and limits, recording each object first."""
+
+    @abc.abstractmethod
+    def start(self, tenant):
+        """Start the tenant's Apache inside the guest; return once it has been launched."""
+
+    @abc.abstractmethod
+    def stop(self, tenant):
+        """Stop every process of the guest; harmless when it is already stopped."""
+
+    @abc.abstractmethod
+    def destroy(self, tenant):
+        """Undo every recorded object of the tenant's guest, newest first; harmless twice."""
+
+    @abc.abstractmethod
+    def status(self, tenant):
+        """`running` or `stopped`."""
+
+    @abc.abstractmethod
+    def ansible_host(self, tenant):
+        """The inventory variables that let Ansible reach the guest."""
+
+    @abc.abstractmethod
+    def usage(self, tenant):
+        """Memory (current and peak, bytes) and process count of the guest."""
+
+    def master_pid(self, tenant):
+        """The host pid of the guest's Apache master, or None when not known."""
+        return None
+
+    def console_tail(self, tenant, lines=10):
+        """The last lines the guest printed on its console, for error messages."""
+        return "(not kept by this backend)"
+
+    def log_tail(self, tenant, lines=5):
+        """The last lines of the tenant's Apache error log, for error messages."""
+        return "(not kept by this backend)"
+
+    def execute(self, tenant, argv, as_root=False):
+        """Run argv inside the guest, as the tenant unless `as_root`."""
+        raise NotImplementedError(f"backend {self.kind} cannot run commands in its guests")

@@ -1,0 +1,270 @@
+"""The jail backend: an overlayfs root, Linux namespaces and a cgroup per tenant.
+
+The tenant's root is an overlay of the shared, read-only base image and a per-tenant upper
+layer, mounted in the host's mount namespace so Ansible's chroot connection can reach it.
+Apache runs as PID 1 of the tenant's own PID namespace, inside its own mount, UTS, IPC and
+network namespaces, as the tenant's uid with no capabilities and no_new_privs set. The
+network namespace reaches the host through one veth pair with a /31 at each end and no
+other route, so a tenant can reach the host's end of its own link and nothing else.
+
+Problems: the chroot connection runs Ansible's commands in the root's files but not in the
+tenant's namespaces, so nothing in the roles may start or signal processes; the backend
+does that.
+"""
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .. import hostcmd, images, limits
+from ..errors import PreflightError, StepFailed
+from ..spec import derived_names
+from .base import Backend
+
+log = logging.getLogger(__name__)
+
+NETNS_DIR = Path("/run/netns")
+APACHE = ["/usr/sbin/apache2", "-f", "/etc/apache2/orch/httpd.conf", "-DFOREGROUND"]
+RESOURCE_KINDS = ("dir", "cgroup", "netns", "link", "mount")
+
+
+class JailBackend(Backend):
+    """chroot plus namespaces plus cgroups; no daemon."""
+
+    kind = "jail"
+    can_resize_live = True
+    can_execute = True
+
+    def preflight(self):
+        if os.geteuid() != 0:
+            raise PreflightError("the jail backend must run as root", step="preflight",
+                                 fix="run orch as root")
+        for tool in ("ip", "nsenter", "mount", "umount"):
+            if shutil.which(tool) is None:
+                raise PreflightError(f"{tool} is not installed", step="preflight",
+                                     fix="run scripts/setup-host")
+        if "overlay" not in Path("/proc/filesystems").read_text():
+            raise PreflightError("the kernel has no overlay file system", step="preflight",
+                                 fix="load it with `modprobe overlay`")
+        limits.preflight()
+
+    # Paths and names --------------------------------------------------------------------
+
+    def tenant_dir(self, tenant):
+        return self.config.tenants_dir / tenant.name
+
+    def root(self, tenant):
+        return self.tenant_dir(tenant) / "root"
+
+    def names(self, tenant):
+        return derived_names(tenant.name, tenant.link_index)
+
+    def cgroup(self, tenant):
+        return limits.TenantCgroup(self.config.cgroup_parent, tenant.name)
+
+    # Lifecycle ---------------------------------------------------------------------------
+
+    def create(self, tenant, record):
+        names = self.names(tenant)
+        base = images.rootfs_for(self.config)
+        if not base.is_dir():
+            raise StepFailed(f"base image {base} is missing", tenant=tenant.name, step="create")
+        tdir = self.tenant_dir(tenant)
+
+        record("dir", path=str(tdir))
+        self.config.tenants_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.config.tenants_dir, 0o711)
+        tdir.mkdir(mode=0o700)
+        for sub in ("upper", "work", "root"):
+            (tdir / sub).mkdir(mode=0o755)
+
+        group = self.cgroup(tenant)
+        if group.exists():
+            raise StepFailed(
+                f"cgroup {group.dirs()[0]} already exists and is not this tenant's",
+                tenant=tenant.name, step="create",
+                fix="set [cgroups] parent to a name no other orch uses",
+            )
+        record("cgroup", parent=group.parent, name=group.name)
+        group.create(tenant.memory_limit_bytes, limits.pids_for(tenant.max_clients))
+
+        record("netns", name=names["netns"])
+        record("link", name=names["link"])
+        self._make_network(tenant, names)
+
+        record("mount", path=str(self.root(tenant)), lower=str(base))
+        self._mount_root(tenant, base)
+
+    def _make_network(self, tenant, names):
+        netns, link, peer = names["netns"], names["link"], names["guest_link"]
+        step = {"tenant": tenant.name, "step": "create"}
+        if (NETNS_DIR / netns).exists() or Path(f"/sys/class/net/{link}").exists():
+            raise StepFailed(
+                f"network namespace {netns} or link {link} already exists", **step,
+                fix="another orch uses the same [allocation] address_pool; give each its own",
+            )
+        hostcmd.run(["ip", "netns", "add", netns], **step)
+        hostcmd.run(["ip", "link", "add", link, "type", "veth", "peer", "name", peer], **step)
+        hostcmd.run(["ip", "link", "set", peer, "netns", netns], **step)
+        inside = ["ip", "-n", netns]
+        hostcmd.run([*inside, "link", "set", peer, "name", "eth0"], **step)
+        hostcmd.run([*inside, "addr", "add", f"{tenant.address}/31", "dev", "eth0"], **step)
+        hostcmd.run([*inside, "link", "set", "eth0", "up"], **step)
+        hostcmd.run([*inside, "link", "set", "lo", "up"], **step)
+        hostcmd.run(["ip", "addr", "add", f"{tenant.host_address}/31", "dev", link], **step)
+        hostcmd.run(["ip", "link", "set", link, "up"], **step)
+
+    def _mount_root(self, tenant, base):
+        tdir = self.tenant_dir(tenant)
+        options = f"lowerdir={base},upperdir={tdir / 'upper'},workdir={tdir / 'work'}"
+        hostcmd.run(
+            ["mount", "-t", "overlay", "-o", f"{options},nosuid", "overlay", "--", tdir / "root"],
+            tenant=tenant.name, step="create",
+        )
+
+    def start(self, tenant):
+        if self.status(tenant) == "running":
+            return
+        self._restore(tenant)
+        group = self.cgroup(tenant)
+        names = self.names(tenant)
+        log_path = self.tenant_dir(tenant) / "console.log"
+        argv = [
+            sys.executable, "-m", "orchestrator.backends.jail_launch",
+            "--root", self.root(tenant), "--netns", NETNS_DIR / names["netns"],
+            "--uid", tenant.uid, "--gid", tenant.gid, "--hostname", names["dns_label"],
+            "--proc", "--cgroup-procs", *group.procs_files(), "--", *APACHE,
+        ]
+        with open(log_path, "ab") as console:
+            console.write(f"--- start {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
+            console.flush()
+            done = subprocess.run(
+                [str(a) for a in argv], stdout=subprocess.PIPE, stderr=console,
+                stdin=subprocess.DEVNULL, start_new_session=True, check=False,
+                cwd="/", env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                              "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+            )
+        if done.returncode != 0:
+            raise StepFailed(
+                f"the jail launcher exited {done.returncode}: {self.console_tail(tenant)}",
+                tenant=tenant.name, step="start",
+            )
+        log.info("tenant %s: Apache started as host pid %s", tenant.name, done.stdout.strip())
+
+    def _restore(self, tenant):
+        """Bring back the mount and network a host reboot takes away, if they are missing."""
+        names = self.names(tenant)
+        if not os.path.ismount(self.root(tenant)):
+            self._mount_root(tenant, images.rootfs_for(self.config))
+        if not (NETNS_DIR / names["netns"]).exists():
+            self._make_network(tenant, names)
+        group = self.cgroup(tenant)
+        if not group.exists():
+            group.create(tenant.memory_limit_bytes, limits.pids_for(tenant.max_clients))
+
+    def stop(self, tenant, timeout=10.0):
+        group = self.cgroup(tenant)
+        if not group.exists() or not group.pids():
+            return
+        try:
+            group.kill(signal.SIGTERM, timeout=timeout)
+        except StepFailed:
+            log.warning("tenant %s: Apache ignored SIGTERM; killing its cgroup", tenant.name)
+            group.kill(signal.SIGKILL)
+
+    def destroy(self, tenant):
+        self.stop(tenant)
+        for resource in reversed(self.store.resources(tenant.name)):
+            if resource.kind in RESOURCE_KINDS:
+                self.release(tenant, resource)
+                self.store.drop_resource(resource.id)
+
+    def release(self, tenant, resource):
+        """Undo one recorded object; a missing object is already undone."""
+        step = {"tenant": tenant.name, "step": "destroy"}
+        data = resource.data
+        if resource.kind == "mount":
+            if os.path.ismount(data["path"]):
+                hostcmd.run(["umount", "--", data["path"]], **step)
+        elif resource.kind == "link":
+            if Path(f"/sys/class/net/{data['name']}").exists():
+                hostcmd.run(["ip", "link", "delete", data["name"]], **step)
+        elif resource.kind == "netns":
+            if (NETNS_DIR / data["name"]).exists():
+                hostcmd.run(["ip", "netns", "delete", data["name"]], **step)
+        elif resource.kind == "cgroup":
+            group = limits.TenantCgroup(data["parent"], data["name"])
+            group.kill()
+            group.remove()
+        elif resource.kind == "dir":
+            path = Path(data["path"])
+            if path.parent != self.config.tenants_dir:
+                raise StepFailed(f"refusing to remove {path}: not a tenant directory", **step)
+            if os.path.ismount(path / "root"):
+                raise StepFailed(f"{path / 'root'} is still mounted", **step)
+            if path.exists():
+                shutil.rmtree(path)
+
+    def status(self, tenant):
+        group = self.cgroup(tenant)
+        return "running" if group.exists() and group.pids() else "stopped"
+
+    def master_pid(self, tenant):
+        """The host pid of the process that is PID 1 inside the tenant's PID namespace."""
+        group = self.cgroup(tenant)
+        for pid in sorted(group.pids()):
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except FileNotFoundError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("NSpid:") and line.split()[-1] == "1":
+                    return pid
+        return None
+
+    def ansible_host(self, tenant):
+        return {
+            "ansible_connection": "community.general.chroot",
+            "ansible_host": str(self.root(tenant)),
+            "ansible_python_interpreter": "/usr/bin/python3",
+        }
+
+    def usage(self, tenant):
+        return self.cgroup(tenant).usage()
+
+    def execute(self, tenant, argv, as_root=False, timeout=30, input=None):
+        """Run argv inside the running guest's namespaces and root, as the tenant by default."""
+        pid = self.master_pid(tenant)
+        if pid is None:
+            raise StepFailed("the guest is not running", tenant=tenant.name, step="execute",
+                             fix=f"run `orch start {tenant.name}`")
+        who = [] if as_root else ["-S", str(tenant.uid), "-G", str(tenant.gid)]
+        enter = ["nsenter", "-t", str(pid), "-m", "-u", "-i", "-n", "-p", "-r", "-w", *who]
+        return subprocess.run(
+            [*enter, "--", *argv], capture_output=True, text=True, timeout=timeout,
+            input=input, check=False,
+        )
+
+    def console_tail(self, tenant, lines=10):
+        return _tail(self.tenant_dir(tenant) / "console.log", lines)
+
+    def log_tail(self, tenant, lines=5):
+        # Read from the upper layer: the log is the tenant's own file, written by its Apache;
+        # reading it through the merged root could follow a symbolic link the tenant made.
+        return _tail(self.tenant_dir(tenant) / "upper" / "var/log/apache2/error.log", lines)
+
+
+def _tail(path, lines):
+    if path.is_symlink():
+        return "(a symbolic link; not read)"
+    try:
+        text = path.read_text(errors="replace")
+    except (FileNotFoundError, IsADirectoryError):
+        return "(empty)"
+    found = [line for line in text.strip().splitlines() if not line.startswith("--- start")]
+    return " / ".join(found[-lines:]) or "(empty)"

@@ -1,0 +1,124 @@
+"""The `orch` command line: parsing, output and exit codes; the work is done elsewhere."""
+
+import argparse
+import json
+import logging
+import sys
+
+from . import __version__, config as config_mod, spec as spec_mod, tenants
+from .errors import OrchError
+from .progress import Progress
+
+log = logging.getLogger("orchestrator")
+
+
+def _parser():
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    common.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log steps (-v) or commands too (-vv) on stderr")
+
+    parser = argparse.ArgumentParser(
+        prog="orch", parents=[common],
+        description="An isolated Apache httpd + mod_perl server for every hosting tenant.",
+    )
+    parser.add_argument("--version", action="version", version=f"orch {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    create = sub.add_parser("create-tenant", parents=[common], help="create and start a tenant")
+    create.add_argument("name")
+    create.add_argument("--hostname", required=True, help="the public DNS name of its site")
+    create.add_argument("--backend", default="jail", help="isolation kind (default: jail)")
+    create.add_argument("--memory", help="memory cap, like 512M or 1G")
+    create.add_argument("--max-clients", type=int, help="MaxRequestWorkers of its Apache")
+
+    for name, text in (("delete-tenant", "remove a tenant and everything it had"),
+                       ("start", "start a tenant's server"), ("stop", "stop a tenant's server"),
+                       ("show", "show one tenant")):
+        command = sub.add_parser(name, parents=[common], help=text)
+        command.add_argument("name")
+    sub.add_parser("list", parents=[common], help="list the tenants")
+    return parser
+
+
+def _setup_logging(verbosity):
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
+    handler.setLevel(level)
+    log.addHandler(handler)
+    log.setLevel(level)
+
+
+def _print(args, document, text):
+    if args.json:
+        json.dump(document, sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+    elif text:
+        print(text)
+
+
+def _table(rows, columns):
+    widths = [max([len(c)] + [len(str(r.get(c, ""))) for r in rows]) for c in columns]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
+    for row in rows:
+        lines.append("  ".join(str(row.get(c, "")).ljust(w)
+                               for c, w in zip(columns, widths, strict=True)))
+    return "\n".join(lines)
+
+
+def _run(args):
+    config = config_mod.load()
+    host = tenants.Host(config)
+    try:
+        return _dispatch(args, config, host)
+    finally:
+        host.close()
+
+
+def _dispatch(args, config, host):
+    if args.command == "create-tenant":
+        spec = spec_mod.make_spec(args.name, args.hostname, args.backend, args.memory,
+                                  args.max_clients, defaults=config)
+        progress = Progress(enabled=True)
+        tenant = tenants.create(host, spec, progress)
+        facts = host.describe(tenant)
+        facts["timings"] = progress.timings
+        _print(args, facts, f"tenant {tenant.name} is running at {facts['url']} "
+               f"(uid {tenant.uid}, port {tenant.port}, address {tenant.address})")
+    elif args.command == "delete-tenant":
+        deleted = tenants.delete(host, args.name)
+        text = f"tenant {args.name} deleted" if deleted else f"tenant {args.name}: nothing to delete"
+        _print(args, {"name": args.name, "deleted": deleted}, text)
+    elif args.command in ("start", "stop"):
+        action = tenants.start if args.command == "start" else tenants.stop
+        tenant = action(host, args.name)
+        _print(args, host.describe(tenant), f"tenant {tenant.name} is {tenant.state}")
+    elif args.command == "show":
+        facts = host.describe(host.tenant(args.name))
+        _print(args, facts, "\n".join(f"{k:<20} {v}" for k, v in sorted(facts.items())))
+    elif args.command == "list":
+        rows = [t.public() for t in host.store.tenants()]
+        columns = ["name", "backend", "state", "hostname", "uid", "port", "address"]
+        _print(args, {"tenants": rows}, _table(rows, columns) if rows else "no tenants")
+    return 0
+
+
+def main(argv=None):
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return _run(args)
+    except OrchError as exc:
+        if args.json:
+            _print(args, {"error": exc.as_dict()}, None)
+        print(f"orch: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("orch: interrupted", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

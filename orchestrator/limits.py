@@ -1,0 +1,197 @@
+"""Memory and process caps through cgroups, on the v1 (or hybrid) layout and on unified v2."""
+
+import errno
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+from .errors import PreflightError, StepFailed
+
+log = logging.getLogger(__name__)
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+V1_CONTROLLERS = ("memory", "pids")
+
+
+def detect_layout(root=CGROUP_ROOT):
+    """`v2` when the unified hierarchy is mounted at the root, `v1` for legacy or hybrid."""
+    if (root / "cgroup.controllers").exists():
+        return "v2"
+    if (root / "memory" / "memory.limit_in_bytes").exists():
+        return "v1"
+    return None
+
+
+def preflight(root=CGROUP_ROOT):
+    """Refuse to go on when tenants could not be held to a memory cap on this host."""
+    layout = detect_layout(root)
+    if layout is None:
+        raise PreflightError(
+            f"no cgroup memory controller under {root}",
+            step="preflight",
+            fix="boot with the memory controller enabled (cgroup_enable=memory) so tenants "
+            "can be capped",
+        )
+    if layout == "v2":
+        controllers = (root / "cgroup.controllers").read_text().split()
+        missing = [c for c in ("memory", "pids") if c not in controllers]
+        if missing:
+            raise PreflightError(
+                f"cgroup2 at {root} lacks the {' and '.join(missing)} controller",
+                step="preflight", fix="enable it on the kernel command line",
+            )
+    if layout == "v1" and not (root / "pids").is_dir():
+        raise PreflightError(f"the v1 pids controller is not mounted under {root}",
+                             step="preflight", fix="mount it at /sys/fs/cgroup/pids")
+    return layout
+
+
+def pids_for(max_clients):
+    """The process cap: every worker, the master, and room for the handlers' own children."""
+    return max(64, 4 * max_clients + 16)
+
+
+class TenantCgroup:
+    """One tenant's cgroup, in each v1 controller it needs or once in the unified tree."""
+
+    def __init__(self, parent, name, root=CGROUP_ROOT, layout=None):
+        self.root = Path(root)
+        self.layout = layout or detect_layout(self.root)
+        self.parent = parent
+        self.name = name
+
+    def parent_dirs(self):
+        if self.layout == "v2":
+            return [self.root / self.parent]
+        return [self.root / c / self.parent for c in V1_CONTROLLERS]
+
+    def dirs(self):
+        return [d / self.name for d in self.parent_dirs()]
+
+    def exists(self):
+        return any(d.is_dir() for d in self.dirs())
+
+    def procs_files(self):
+        """The files a process writes `0` into to join this cgroup."""
+        return [d / "cgroup.procs" for d in self.dirs()]
+
+    def create(self, memory_bytes, max_pids):
+        """Make the cgroup and set its caps; swap may not be used to pass the memory cap."""
+        if self.layout == "v2":
+            self._enable_v2_controllers()
+        for directory in self.dirs():
+            directory.mkdir(parents=True, exist_ok=True)
+        if self.layout == "v2":
+            group = self.dirs()[0]
+            _write(group / "memory.max", memory_bytes)
+            _write_if_present(group / "memory.swap.max", 0)
+            _write(group / "pids.max", max_pids)
+        else:
+            memory, pids = self.dirs()
+            _write(memory / "memory.limit_in_bytes", memory_bytes)
+            _write_if_present(memory / "memory.memsw.limit_in_bytes", memory_bytes)
+            _write_if_present(memory / "memory.swappiness", 0)
+            _write(pids / "pids.max", max_pids)
+
+    def _enable_v2_controllers(self):
+        for directory in (self.root, self.root / self.parent):
+            directory.mkdir(exist_ok=True)
+            control = directory / "cgroup.subtree_control"
+            enabled = control.read_text().split() if control.exists() else []
+            wanted = [f"+{c}" for c in ("memory", "pids") if c not in enabled]
+            if wanted:
+                _write(control, " ".join(wanted))
+
+    def pids(self):
+        """Every process in the cgroup, by host pid."""
+        found = set()
+        for procs in self.procs_files():
+            try:
+                found.update(int(line) for line in procs.read_text().split())
+            except FileNotFoundError:
+                continue
+        return found
+
+    def kill(self, sig=signal.SIGKILL, timeout=10.0):
+        """Kill exactly the processes in this cgroup and wait until it is empty."""
+        deadline = time.monotonic() + timeout
+        kill_file = self.dirs()[0] / "cgroup.kill"
+        while True:
+            pids = self.pids()
+            if not pids:
+                return
+            if time.monotonic() > deadline:
+                raise StepFailed(
+                    f"processes {sorted(pids)} in cgroup {self.name} would not die",
+                    tenant=self.name, step="stop",
+                )
+            if self.layout == "v2" and kill_file.exists() and sig == signal.SIGKILL:
+                _write(kill_file, 1)
+            else:
+                for pid in pids:
+                    try:
+                        os.kill(pid, sig)
+                    except ProcessLookupError:
+                        pass
+            time.sleep(0.05)
+
+    def remove(self):
+        """Remove the cgroup (it must be empty), then its parent if no tenant is left in it."""
+        for directory in self.dirs():
+            _rmdir(directory)
+        for directory in self.parent_dirs():
+            _rmdir(directory, quiet=True)
+
+    def usage(self):
+        """Memory now and at peak, in bytes, and the number of processes."""
+        if self.layout == "v2":
+            group = self.dirs()[0]
+            current = _read_int(group / "memory.current")
+            peak = _read_int(group / "memory.peak", default=current)
+        else:
+            memory = self.dirs()[0]
+            current = _read_int(memory / "memory.usage_in_bytes")
+            peak = _read_int(memory / "memory.max_usage_in_bytes", default=current)
+        return {"memory_current": current, "memory_peak": peak, "processes": len(self.pids())}
+
+    def memory_limit(self):
+        name = "memory.max" if self.layout == "v2" else "memory.limit_in_bytes"
+        return _read_int(self.dirs()[0] / name)
+
+
+def _write(path, value):
+    log.debug("cgroup: %s <- %s", path, value)
+    path.write_text(f"{value}\n")
+
+
+def _write_if_present(path, value):
+    if path.exists():
+        _write(path, value)
+
+
+def _read_int(path, default=0):
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return default
+    return int(text) if text.isdigit() else default
+
+
+def _rmdir(directory, quiet=False):
+    # A cgroup directory holds only kernel files, so rmdir (not a tree removal) is correct.
+    for _ in range(50):
+        try:
+            directory.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if quiet and exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.EBUSY):
+                return
+            if exc.errno != errno.EBUSY:
+                raise
+            time.sleep(0.05)
+    if not quiet:
+        raise StepFailed(f"cgroup {directory} stays busy", step="destroy")

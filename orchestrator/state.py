@@ -1,0 +1,189 @@
+"""The state store: tenants, what each one's create made, and events, in one SQLite file."""
+
+import contextlib
+import dataclasses
+import json
+import sqlite3
+import time
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tenants (
+    name TEXT PRIMARY KEY,
+    backend TEXT NOT NULL,
+    state TEXT NOT NULL,
+    uid INTEGER NOT NULL UNIQUE,
+    port INTEGER NOT NULL UNIQUE,
+    address TEXT NOT NULL UNIQUE,
+    host_address TEXT NOT NULL UNIQUE,
+    link_index INTEGER NOT NULL UNIQUE,
+    hostname TEXT NOT NULL UNIQUE,
+    memory_limit_bytes INTEGER NOT NULL,
+    max_clients INTEGER NOT NULL,
+    autostart INTEGER NOT NULL DEFAULT 1,
+    ansible_vars TEXT NOT NULL DEFAULT '{}',
+    failure TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS resources (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant TEXT NOT NULL,
+    at REAL NOT NULL,
+    step TEXT NOT NULL,
+    level TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+"""
+
+STATES = ("creating", "running", "stopped", "failed", "deleting")
+
+
+@dataclasses.dataclass(frozen=True)
+class Tenant:
+    """One tenant as the state store holds it."""
+
+    name: str
+    backend: str
+    state: str
+    uid: int
+    port: int
+    address: str
+    host_address: str
+    link_index: int
+    hostname: str
+    memory_limit_bytes: int
+    max_clients: int
+    autostart: bool
+    ansible_vars: dict
+    failure: str | None
+    created_at: float
+    updated_at: float
+
+    @property
+    def gid(self):
+        return self.uid
+
+    def public(self):
+        """The fields `orch show` reports."""
+        return {
+            "name": self.name,
+            "backend": self.backend,
+            "state": self.state,
+            "uid": self.uid,
+            "gid": self.gid,
+            "port": self.port,
+            "address": self.address,
+            "hostname": self.hostname,
+            "memory_limit_bytes": self.memory_limit_bytes,
+            "max_clients": self.max_clients,
+            "autostart": self.autostart,
+            "failure": self.failure,
+            "created_at": self.created_at,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class Resource:
+    """Something a create made on the host, recorded before it was made."""
+
+    id: int
+    tenant: str
+    kind: str
+    data: dict
+
+
+class Store:
+    """A connection to the state file; every write is its own short transaction."""
+
+    def __init__(self, path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.db = sqlite3.connect(path, isolation_level=None, timeout=30)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.executescript(SCHEMA)
+
+    def close(self):
+        self.db.close()
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """A write transaction that holds the database lock from its first statement."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def get(self, name):
+        row = self.db.execute("SELECT * FROM tenants WHERE name = ?", (name,)).fetchone()
+        return _tenant(row) if row else None
+
+    def tenants(self):
+        rows = self.db.execute("SELECT * FROM tenants ORDER BY name").fetchall()
+        return [_tenant(row) for row in rows]
+
+    def tenant_for_hostname(self, hostname):
+        row = self.db.execute("SELECT * FROM tenants WHERE hostname = ?", (hostname,)).fetchone()
+        return _tenant(row) if row else None
+
+    def set_state(self, name, state, failure=None):
+        assert state in STATES, state
+        self.db.execute(
+            "UPDATE tenants SET state = ?, failure = ?, updated_at = ? WHERE name = ?",
+            (state, failure, time.time(), name),
+        )
+
+    def set_ansible_vars(self, name, variables):
+        self.db.execute(
+            "UPDATE tenants SET ansible_vars = ?, updated_at = ? WHERE name = ?",
+            (json.dumps(variables, sort_keys=True), time.time(), name),
+        )
+
+    def delete(self, name):
+        with self.transaction() as db:
+            db.execute("DELETE FROM resources WHERE tenant = ?", (name,))
+            db.execute("DELETE FROM tenants WHERE name = ?", (name,))
+
+    def add_resource(self, tenant, kind, **data):
+        cursor = self.db.execute(
+            "INSERT INTO resources (tenant, kind, data) VALUES (?, ?, ?)",
+            (tenant, kind, json.dumps(data, sort_keys=True)),
+        )
+        return cursor.lastrowid
+
+    def resources(self, tenant):
+        rows = self.db.execute(
+            "SELECT * FROM resources WHERE tenant = ? ORDER BY id", (tenant,)
+        ).fetchall()
+        return [Resource(r["id"], r["tenant"], r["kind"], json.loads(r["data"])) for r in rows]
+
+    def drop_resource(self, resource_id):
+        self.db.execute("DELETE FROM resources WHERE id = ?", (resource_id,))
+
+    def event(self, tenant, step, message, level="info"):
+        self.db.execute(
+            "INSERT INTO events (tenant, at, step, level, message) VALUES (?, ?, ?, ?, ?)",
+            (tenant, time.time(), step, level, message),
+        )
+
+    def events(self, tenant):
+        rows = self.db.execute(
+            "SELECT at, step, level, message FROM events WHERE tenant = ? ORDER BY id", (tenant,)
+        ).fetchall()
+        return [dict(row) for row in rows]
+
+
+def _tenant(row):
+    fields = dict(row)
+    fields["autostart"] = bool(fields["autostart"])
+    fields["ansible_vars"] = json.loads(fields["ansible_vars"])
+    return Tenant(**fields)

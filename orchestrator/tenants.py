@@ -1,0 +1,267 @@
+"""The tenant lifecycle: create, start, stop and delete, each step recorded and undoable."""
+
+import contextlib
+import fcntl
+import http.client
+import logging
+import time
+
+from . import allocate, capacity, images, provision
+from .backends import get_backend
+from .errors import BadInput, NotFound, OrchError, StepFailed
+from .progress import Progress
+from .proxy import FrontProxy, Route
+from .state import Store
+
+log = logging.getLogger(__name__)
+
+# Routed states: a stopped tenant keeps its hostname and answers 503 instead of 404.
+ROUTED = ("running", "stopped")
+
+
+class Host:
+    """orch's view of this host: its configuration, state store, backends and front proxy."""
+
+    def __init__(self, config):
+        self.config = config
+        self.store = Store(config.state_db)
+        self.proxy = FrontProxy(config)
+        self._backends = {}
+
+    def close(self):
+        self.store.close()
+
+    def backend(self, kind):
+        if kind not in self._backends:
+            self._backends[kind] = get_backend(kind, self.config, self.store)
+        return self._backends[kind]
+
+    @contextlib.contextmanager
+    def lock(self):
+        """One changing command at a time per state directory; the kernel frees it on exit."""
+        self.config.home.mkdir(parents=True, exist_ok=True)
+        with open(self.config.home / "lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+
+    def tenant(self, name):
+        tenant = self.store.get(name)
+        if tenant is None:
+            raise NotFound(f"tenant {name} does not exist", tenant=name,
+                           fix="see `orch list` for the tenants there are")
+        return tenant
+
+    def routes(self, extra=None, without=None):
+        routes = []
+        for tenant in self.store.tenants():
+            if tenant.name == without:
+                continue
+            if tenant.state in ROUTED or tenant.name == extra:
+                stopped = tenant.state == "stopped"
+                routes.append(Route(tenant.name, tenant.hostname, tenant.address, tenant.port,
+                                    stopped))
+        return routes
+
+    def describe(self, tenant):
+        """`orch show`: the stored facts plus what the backend sees now."""
+        facts = tenant.public()
+        try:
+            backend = self.backend(tenant.backend)
+            facts["guest"] = backend.status(tenant)
+            facts["master_pid"] = backend.master_pid(tenant)
+        except OrchError as exc:
+            facts["guest"] = f"unknown ({exc.message})"
+            facts["master_pid"] = None
+        facts["url"] = self.public_url(tenant)
+        return facts
+
+    def public_url(self, tenant):
+        port = self.config.proxy_port
+        return f"http://{tenant.hostname}" + ("" if port == 80 else f":{port}") + "/"
+
+
+def create(host, spec, progress=None):
+    """Create, provision, start and route one tenant; on any failure undo all of it."""
+    progress = progress or Progress(enabled=False)
+    config, store = host.config, host.store
+    backend = host.backend(spec.backend)
+
+    with host.lock():
+        existing = store.get(spec.name)
+        if existing and existing.state in ("creating", "deleting", "failed"):
+            progress.say(f"tenant {spec.name}: cleaning up an earlier create that did not end")
+            _undo(host, existing)
+        elif existing:
+            raise BadInput(f"tenant {spec.name} already exists", tenant=spec.name,
+                           step="validate", fix="pick another name")
+
+        with progress.step("preflight"):
+            backend.preflight()
+            capacity.admit(config, store.tenants(), spec.memory_limit_bytes, spec.name)
+        with progress.step("image"):
+            images.ensure(config, progress=progress.detail)
+        with progress.step("allocate"):
+            tenant = allocate.allocate(store, spec, config)
+        store.event(tenant.name, "allocate",
+                    f"uid {tenant.uid}, port {tenant.port}, address {tenant.address}")
+
+        step = "create"
+        try:
+            with progress.step("create"):
+                backend.create(tenant, _recorder(store, tenant.name))
+                store.set_ansible_vars(tenant.name, backend.ansible_host(tenant))
+            step = "provision"
+            with progress.step("provision"):
+                provision.converge(config, tenant.name, progress=progress.detail)
+            step = "start"
+            with progress.step("start"):
+                backend.start(tenant)
+                wait_healthy(host, tenant)
+            step = "proxy"
+            with progress.step("proxy"):
+                store.add_resource(tenant.name, "proxy_route", hostname=tenant.hostname)
+                host.proxy.apply(host.routes(extra=tenant.name), tenant=tenant.name)
+                check_through_proxy(host, tenant)
+        except BaseException as exc:
+            _rollback(host, tenant, step, exc, progress)
+            raise _as_step_failure(exc, tenant.name, step) from exc
+
+        store.set_state(tenant.name, "running")
+        store.event(tenant.name, "create", "running")
+    return store.get(tenant.name)
+
+
+def _recorder(store, name):
+    def record(kind, **data):
+        store.add_resource(name, kind, **data)
+    return record
+
+
+def _as_step_failure(exc, name, step):
+    if isinstance(exc, OrchError):
+        exc.tenant = exc.tenant or name
+        exc.step = exc.step or step
+        exc.message += " (the create was rolled back)"
+        return exc
+    if isinstance(exc, KeyboardInterrupt):
+        return StepFailed("interrupted (the create was rolled back)", tenant=name, step=step)
+    return StepFailed(f"{type(exc).__name__}: {exc} (the create was rolled back)",
+                      tenant=name, step=step)
+
+
+def _rollback(host, tenant, step, exc, progress):
+    log.error("tenant %s: step %s failed; rolling back", tenant.name, step)
+    host.store.event(tenant.name, step, str(exc), level="error")
+    try:
+        _undo(host, tenant)
+    except Exception as undo_exc:  # keep the record so `orch delete-tenant` can finish it
+        log.warning("tenant %s: rollback stopped: %s", tenant.name, undo_exc)
+        host.store.set_state(tenant.name, "failed", failure=f"{step}: {exc}; rollback: "
+                             f"{undo_exc}")
+        progress.say(f"tenant {tenant.name}: rollback incomplete ({undo_exc}); "
+                     f"run `orch delete-tenant {tenant.name}`")
+
+
+def _undo(host, tenant):
+    """Remove everything recorded for the tenant, newest first, then its record."""
+    store = host.store
+    store.set_state(tenant.name, "deleting", failure=tenant.failure)
+    routed = [r for r in store.resources(tenant.name) if r.kind == "proxy_route"]
+    if routed:
+        host.proxy.apply(host.routes(without=tenant.name), tenant=tenant.name)
+        for resource in routed:
+            store.drop_resource(resource.id)
+    host.backend(tenant.backend).destroy(tenant)
+    store.delete(tenant.name)
+
+
+def delete(host, name):
+    """Remove the tenant and everything it had; deleting a missing tenant is harmless."""
+    with host.lock():
+        tenant = host.store.get(name)
+        if tenant is None:
+            return False
+        _undo(host, tenant)
+    log.info("tenant %s: deleted", name)
+    return True
+
+
+def start(host, name):
+    with host.lock():
+        tenant = host.tenant(name)
+        if tenant.state not in ROUTED:
+            raise BadInput(f"tenant {name} is {tenant.state}", tenant=name, step="start",
+                           fix=f"run `orch delete-tenant {name}` and create it again")
+        host.backend(tenant.backend).start(tenant)
+        wait_healthy(host, tenant)
+        host.store.set_state(name, "running")
+        host.proxy.apply(host.routes(), tenant=name)
+        host.store.event(name, "start", "running")
+    return host.store.get(name)
+
+
+def stop(host, name):
+    with host.lock():
+        tenant = host.tenant(name)
+        host.backend(tenant.backend).stop(tenant)
+        if tenant.state in ROUTED:
+            host.store.set_state(name, "stopped")
+            host.proxy.apply(host.routes(), tenant=name)
+        host.store.event(name, "stop", "stopped")
+    return host.store.get(name)
+
+
+def _get(address, port, hostname, path, timeout=2.0):
+    conn = http.client.HTTPConnection(address, port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"Host": hostname})
+        response = conn.getresponse()
+        return response.status, response.read().decode(errors="replace")
+    finally:
+        conn.close()
+
+
+def wait_healthy(host, tenant, path="/hello"):
+    """Wait for HTTP 200 from the tenant's backend itself, or say why it never came.
+
+    A server that answers, but not with 200, gets a few seconds (mod_perl may still be
+    compiling) rather than the whole timeout.
+    """
+    backend = host.backend(tenant.backend)
+    deadline = time.monotonic() + host.config.health_timeout
+    answering_since = None
+    last = "no answer yet"
+    while time.monotonic() < deadline:
+        try:
+            status, body = _get(tenant.address, tenant.port, tenant.hostname, path)
+            if status == 200:
+                return body
+            last = f"HTTP {status}"
+            answering_since = answering_since or time.monotonic()
+            if time.monotonic() - answering_since > 3:
+                break
+        except OSError as exc:
+            last = str(exc)
+        if backend.status(tenant) != "running":
+            break
+        time.sleep(0.1)
+    raise StepFailed(
+        f"the backend at {tenant.address}:{tenant.port} did not answer {path} with 200 "
+        f"({last}); console: {backend.console_tail(tenant)}; Apache's error log: "
+        f"{backend.log_tail(tenant)}", tenant=tenant.name, step="health",
+        fix="fix the cause above and create the tenant again",
+    )
+
+
+def check_through_proxy(host, tenant, path="/hello"):
+    """One request through the front proxy must reach this tenant's own backend."""
+    try:
+        status, body, _ = host.proxy.get(tenant.hostname, path)
+    except OSError as exc:
+        raise StepFailed(f"the front proxy did not answer: {exc}", tenant=tenant.name,
+                         step="proxy") from None
+    if status != 200 or tenant.name not in body:
+        raise StepFailed(
+            f"the front proxy answered {status} for {tenant.hostname}{path}: {body[:200]!r}",
+            tenant=tenant.name, step="proxy",
+        )

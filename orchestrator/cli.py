@@ -5,27 +5,42 @@ import json
 import logging
 import sys
 
-from . import __version__, config as config_mod, spec as spec_mod, tenants
-from .errors import OrchError
+from . import __version__, tenants
+from . import config as config_mod
+from . import spec as spec_mod
+from .errors import BadInput, OrchError
 from .progress import Progress
 
 log = logging.getLogger("orchestrator")
 
 
-def _parser():
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", help="print one JSON document on stdout")
-    common.add_argument("-v", "--verbose", action="count", default=0,
-                        help="log steps (-v) or commands too (-vv) on stderr")
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is BadInput, so `--json` gets its JSON document too."""
 
-    parser = argparse.ArgumentParser(
-        prog="orch", parents=[common],
+    def error(self, message):
+        raise BadInput(message, step="parse", fix=f"see `{self.prog} --help`")
+
+
+def _parser():
+    def flags(target, default):
+        # Subcommands take the flags too, with SUPPRESS so they do not reset `orch --json X`.
+        target.add_argument("--json", action="store_true", default=default,
+                            help="print one JSON document on stdout")
+        target.add_argument("-v", "--verbose", action="count",
+                            default=0 if default is False else default,
+                            help="log steps (-v) or commands too (-vv) on stderr")
+
+    parser = _Parser(
+        prog="orch",
         description="An isolated Apache httpd + mod_perl server for every hosting tenant.",
     )
+    flags(parser, False)
     parser.add_argument("--version", action="version", version=f"orch {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_Parser)
 
-    create = sub.add_parser("create-tenant", parents=[common], help="create and start a tenant")
+    create = sub.add_parser("create-tenant", help="create and start a tenant")
+    flags(create, argparse.SUPPRESS)
     create.add_argument("name")
     create.add_argument("--hostname", required=True, help="the public DNS name of its site")
     create.add_argument("--backend", default="jail", help="isolation kind (default: jail)")
@@ -35,9 +50,10 @@ def _parser():
     for name, text in (("delete-tenant", "remove a tenant and everything it had"),
                        ("start", "start a tenant's server"), ("stop", "stop a tenant's server"),
                        ("show", "show one tenant")):
-        command = sub.add_parser(name, parents=[common], help=text)
+        command = sub.add_parser(name, help=text)
+        flags(command, argparse.SUPPRESS)
         command.add_argument("name")
-    sub.add_parser("list", parents=[common], help="list the tenants")
+    flags(sub.add_parser("list", help="list the tenants"), argparse.SUPPRESS)
     return parser
 
 
@@ -69,17 +85,20 @@ def _table(rows, columns):
 
 def _run(args):
     config = config_mod.load()
+    spec = None
+    if args.command == "create-tenant":
+        # Before the state store is opened: bad input leaves nothing on the host.
+        spec = spec_mod.make_spec(args.name, args.hostname, args.backend, args.memory,
+                                  args.max_clients, defaults=config)
     host = tenants.Host(config)
     try:
-        return _dispatch(args, config, host)
+        return _dispatch(args, host, spec)
     finally:
         host.close()
 
 
-def _dispatch(args, config, host):
+def _dispatch(args, host, spec):
     if args.command == "create-tenant":
-        spec = spec_mod.make_spec(args.name, args.hostname, args.backend, args.memory,
-                                  args.max_clients, defaults=config)
         progress = Progress(enabled=True)
         tenant = tenants.create(host, spec, progress)
         facts = host.describe(tenant)
@@ -88,7 +107,7 @@ def _dispatch(args, config, host):
                f"(uid {tenant.uid}, port {tenant.port}, address {tenant.address})")
     elif args.command == "delete-tenant":
         deleted = tenants.delete(host, args.name)
-        text = f"tenant {args.name} deleted" if deleted else f"tenant {args.name}: nothing to delete"
+        text = f"tenant {args.name} " + ("deleted" if deleted else "did not exist; nothing to do")
         _print(args, {"name": args.name, "deleted": deleted}, text)
     elif args.command in ("start", "stop"):
         action = tenants.start if args.command == "start" else tenants.stop
@@ -105,19 +124,27 @@ def _dispatch(args, config, host):
 
 
 def main(argv=None):
-    parser = _parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = _parser().parse_args(argv)
+    except BadInput as exc:
+        return _fail(exc, want_json="--json" in argv)
     _setup_logging(args.verbose)
     try:
         return _run(args)
     except OrchError as exc:
-        if args.json:
-            _print(args, {"error": exc.as_dict()}, None)
-        print(f"orch: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return _fail(exc, args.json)
     except KeyboardInterrupt:
         print("orch: interrupted", file=sys.stderr)
         return 1
+
+
+def _fail(exc, want_json):
+    if want_json:
+        json.dump({"error": exc.as_dict()}, sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+    print(f"orch: {exc}", file=sys.stderr)
+    return exc.exit_code
 
 
 if __name__ == "__main__":

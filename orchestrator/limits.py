@@ -1,5 +1,6 @@
 """Memory and process caps through cgroups, on the v1 (or hybrid) layout and on unified v2."""
 
+import contextlib
 import errno
 import logging
 import os
@@ -131,10 +132,8 @@ class TenantCgroup:
                 _write(kill_file, 1)
             else:
                 for pid in pids:
-                    try:
+                    with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, sig)
-                    except ProcessLookupError:
-                        pass
             time.sleep(0.05)
 
     def remove(self):

@@ -83,8 +83,8 @@ class FrontProxy:
                 "is unchanged", detail=exc.detail,
             ) from None
 
-    def apply(self, routes, tenant=None):
-        """Make the running proxy serve exactly `routes`; start it if it is not running."""
+    def apply(self, routes, tenant=None, start=True):
+        """Make the proxy serve exactly `routes`, starting it if it is down and `start`."""
         text = self.render(routes)
         running = self.pid() is not None
         if running and self.conf.exists() and self.conf.read_text() == text:
@@ -93,7 +93,7 @@ class FrontProxy:
         os.replace(self.candidate, self.conf)
         if running:
             self._reload(tenant)
-        else:
+        elif start:
             self._start(tenant)
         log.info("front proxy: serving %d hostname(s)", len(routes))
 

@@ -13,16 +13,16 @@ SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 # Names a tenant may not take, beyond the users that already exist on the host: account
 # names every distribution ships or reserves, and the role mailboxes of RFC 2142.
-RESERVED_NAMES = frozenset(
-    """
-    root daemon bin sys sync games man lp mail news uucp proxy www-data backup list irc
-    gnats nobody nogroup systemd-network systemd-resolve systemd-timesync messagebus
-    sshd _apt polkitd admin administrator operator sudo wheel staff users adm tty disk
-    kmem dialout cdrom floppy audio video plugdev netdev shadow utmp voice sasl src
-    apache httpd nginx postfix postmaster hostmaster webmaster abuse noc security
-    support ftp www http localhost default orch libvirt libvirt-qemu kvm lxc
-    """.split()
-)
+RESERVED_NAMES = frozenset((
+    "root", "daemon", "bin", "sys", "sync", "games", "man", "lp", "mail", "news", "uucp",
+    "proxy", "www-data", "backup", "list", "irc", "gnats", "nobody", "nogroup",
+    "systemd-network", "systemd-resolve", "systemd-timesync", "messagebus", "sshd", "_apt",
+    "polkitd", "admin", "administrator", "operator", "sudo", "wheel", "staff", "users", "adm",
+    "tty", "disk", "kmem", "dialout", "cdrom", "floppy", "audio", "video", "plugdev", "netdev",
+    "shadow", "utmp", "voice", "sasl", "src", "apache", "httpd", "nginx", "postfix",
+    "postmaster", "hostmaster", "webmaster", "abuse", "noc", "security", "support", "ftp", "www",
+    "http", "localhost", "default", "orch", "libvirt", "libvirt-qemu", "kvm", "lxc",
+))
 
 MIN_MEMORY = 64 << 20
 MAX_CLIENTS = 256

@@ -168,7 +168,8 @@ def _undo(host, tenant):
     store.set_state(tenant.name, "deleting", failure=tenant.failure)
     routed = [r for r in store.resources(tenant.name) if r.kind == "proxy_route"]
     if routed:
-        host.proxy.apply(host.routes(without=tenant.name), tenant=tenant.name)
+        # Taking a route away never needs a proxy that is down to be started.
+        host.proxy.apply(host.routes(without=tenant.name), tenant=tenant.name, start=False)
         for resource in routed:
             store.drop_resource(resource.id)
     host.backend(tenant.backend).destroy(tenant)

@@ -1,0 +1,191 @@
+#!/usr/bin/env python3
+"""How much time `orch create-tenant` adds over the work it cannot avoid.
+
+Measured side by side in one run, with a warm base image:
+
+- create: wall time of `orch create-tenant` (jail backend), median of --runs;
+- floor: by hand, without orch: mount the same overlay, start Apache with the same
+  configuration in the tenant's network namespace, wait for the first HTTP 200;
+- bare: a plain `ansible-playbook` run of the same playbook against a fresh root in the
+  state orch's provision step finds it in (the base image and an empty upper layer).
+
+The ratio create / (floor + bare) is what orch itself adds; 1.0 would be nothing.
+Needs root. Uses loopback and the namespaces it makes; removes everything it made.
+"""
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from orchestrator import config as config_mod, images, paths  # noqa: E402
+from orchestrator.proxy import FrontProxy  # noqa: E402
+
+BIN = Path(sys.executable).parent
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def orch(env, *args):
+    done = subprocess.run([str(BIN / "orch"), *args], env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"orch {' '.join(args)} failed:\n{done.stderr}")
+    return done.stdout
+
+
+def answered(address, port, hostname):
+    try:
+        conn = http.client.HTTPConnection(address, port, timeout=1)
+        conn.request("GET", "/hello", headers={"Host": hostname})
+        ok = conn.getresponse().status == 200
+        conn.close()
+        return ok
+    except OSError:
+        return False
+
+
+def mount_overlay(base, scratch, upper_from=None):
+    for sub in ("work", "root"):
+        (scratch / sub).mkdir(parents=True)
+    if upper_from:
+        subprocess.run(["cp", "-a", "--", str(upper_from), str(scratch / "upper")], check=True)
+    else:
+        (scratch / "upper").mkdir()
+    options = f"lowerdir={base},upperdir={scratch / 'upper'},workdir={scratch / 'work'},nosuid"
+    subprocess.run(["mount", "-t", "overlay", "-o", options, "overlay", "--",
+                    str(scratch / "root")], check=True)
+    return scratch / "root"
+
+
+def floor_run(base, tenant, upper, scratch):
+    """Mount, start Apache by hand in the tenant's netns, first 200; returns seconds."""
+    subprocess.run(["cp", "-a", "--", str(upper), str(scratch / "upper")], check=True)
+    for sub in ("work", "root"):
+        (scratch / sub).mkdir(parents=True)
+    root = scratch / "root"
+    options = f"lowerdir={base},upperdir={scratch / 'upper'},workdir={scratch / 'work'},nosuid"
+    uid = str(tenant["uid"])
+    started = time.monotonic()
+    subprocess.run(["mount", "-t", "overlay", "-o", options, "overlay", "--", str(root)],
+                   check=True)
+    apache = subprocess.Popen(
+        ["ip", "netns", "exec", tenant["netns"], "unshare", "--mount", "--pid", "--fork",
+         "--kill-child", "--uts", "--ipc", f"--mount-proc={root}/proc", "--", "chroot",
+         str(root), "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+         "--no-new-privs", "--", "/usr/sbin/apache2", "-f", "/etc/apache2/orch/httpd.conf",
+         "-DFOREGROUND"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        while not answered(tenant["address"], tenant["port"], tenant["hostname"]):
+            if apache.poll() is not None or time.monotonic() - started > 30:
+                raise SystemExit("floor: Apache started by hand did not answer")
+            time.sleep(0.002)
+        return time.monotonic() - started
+    finally:
+        apache.send_signal(signal.SIGTERM)
+        apache.wait()
+        subprocess.run(["umount", "--", str(root)], check=True)
+        shutil.rmtree(scratch)
+
+
+def bare_run(base, tenant, env, scratch):
+    """A plain ansible-playbook run against a fresh root; returns seconds."""
+    root = mount_overlay(base, scratch)
+    hostvars = {f"orch_{k}": tenant[k] for k in
+                ("name", "uid", "port", "address", "hostname", "max_clients")}
+    hostvars.update({"orch_gid": tenant["uid"], "ansible_host": str(root),
+                     "ansible_connection": "community.general.chroot"})
+    inventory = scratch / "inventory.json"
+    inventory.write_text(json.dumps({"tenants": {"hosts": {tenant["name"]: hostvars}}}))
+    (scratch / "group_vars").symlink_to(paths.INVENTORY / "group_vars")
+    argv = [str(BIN / "ansible-playbook"), "-i", str(inventory), "-e",
+            json.dumps({"orch_proxy_port": env["proxy_port"]}), str(paths.PLAYBOOKS / "tenant.yml")]
+    run_env = {**os.environ, "ANSIBLE_CONFIG": str(paths.ANSIBLE_CFG),
+               "PATH": f"{BIN}:{os.environ['PATH']}"}
+    try:
+        started = time.monotonic()
+        subprocess.run(argv, env=run_env, check=True, stdout=subprocess.DEVNULL)
+        return time.monotonic() - started
+    finally:
+        subprocess.run(["umount", "--", str(root)], check=True)
+        shutil.rmtree(scratch)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("bench/create.py needs root")
+
+    work = Path(tempfile.mkdtemp(prefix="orch-bench-"))
+    home = work / "home"
+    home.mkdir()
+    port = free_port()
+    (home / "config.toml").write_text(
+        f'[images]\ndir = "{REPO / ".cache" / "images"}"\n'
+        f'[proxy]\naddress = "127.0.0.1"\nport = {port}\n'
+        '[allocation]\naddress_pool = "10.254.0.0/24"\n'
+        f'[cgroups]\nparent = "orch-bench-{os.getpid()}"\n'
+    )
+    env = {**os.environ, "ORCH_HOME": str(home)}
+    config = config_mod.load(env)
+    base = images.ensure(config)
+    creates, floors, bares = [], [], []
+    try:
+        for run in range(args.runs):
+            name = f"bench{run}"
+            started = time.monotonic()
+            orch(env, "create-tenant", name, "--hostname", f"{name}.example.test")
+            creates.append(time.monotonic() - started)
+            if run < args.runs - 1:
+                orch(env, "delete-tenant", name)
+
+        tenant = json.loads(orch(env, "show", name, "--json"))
+        tenant["netns"] = f"orch-ot{_link_index(tenant['address'])}"
+        orch(env, "stop", name)
+        upper = home / "tenants" / name / "upper"
+        for run in range(args.runs):
+            floors.append(floor_run(base, tenant, upper, work / f"floor{run}"))
+            bares.append(bare_run(base, tenant, {"proxy_port": port}, work / f"bare{run}"))
+    finally:
+        with contextlib.suppress(SystemExit):
+            for listed in json.loads(orch(env, "list", "--json"))["tenants"]:
+                orch(env, "delete-tenant", listed["name"])
+        FrontProxy(config).stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    create, floor, bare = (statistics.median(x) for x in (creates, floors, bares))
+    print(f"orch create-tenant, jail backend, warm base image, median of {args.runs} runs")
+    print(f"  create-tenant                      {create:8.3f} s")
+    print(f"  floor (mount, Apache, first 200)   {floor:8.3f} s")
+    print(f"  bare ansible-playbook              {bare:8.3f} s")
+    print(f"  ratio create / (floor + bare)      {create / (floor + bare):8.2f}   (target <= 1.5)")
+
+
+def _link_index(address):
+    import ipaddress
+
+    return int(ipaddress.IPv4Address(address)) & 0xFFFFFF
+
+
+if __name__ == "__main__":
+    main()

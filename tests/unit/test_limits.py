@@ -1,0 +1,66 @@
+"""cgroup handling against a fake cgroup tree, in both layouts."""
+
+from orchestrator import limits
+
+
+def make_v1(root):
+    for controller in ("memory", "pids"):
+        (root / controller).mkdir(parents=True)
+    (root / "memory" / "memory.limit_in_bytes").write_text("max\n")
+    return root
+
+
+def make_v2(root):
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "cgroup.controllers").write_text("cpu io memory pids\n")
+    (root / "cgroup.subtree_control").write_text("")
+    return root
+
+
+def test_layouts_are_told_apart(tmp_path):
+    assert limits.detect_layout(make_v1(tmp_path / "a")) == "v1"
+    assert limits.detect_layout(make_v2(tmp_path / "b")) == "v2"
+    assert limits.detect_layout(tmp_path / "none") is None
+
+
+def test_v1_caps_memory_without_swap_and_processes(tmp_path):
+    root = make_v1(tmp_path)
+    group = limits.TenantCgroup("orch", "acme", root=root)
+    # The fake tree has no kernel files; make the ones a real kernel would.
+    for d in group.dirs():
+        d.mkdir(parents=True)
+    (group.dirs()[0] / "memory.memsw.limit_in_bytes").write_text("")
+    group.create(256 << 20, 48)
+    memory, pids = group.dirs()
+    assert (memory / "memory.limit_in_bytes").read_text() == f"{256 << 20}\n"
+    assert (memory / "memory.memsw.limit_in_bytes").read_text() == f"{256 << 20}\n"
+    assert (pids / "pids.max").read_text() == "48\n"
+    assert group.procs_files() == [memory / "cgroup.procs", pids / "cgroup.procs"]
+
+
+def test_v2_enables_controllers_and_sets_caps(tmp_path):
+    root = make_v2(tmp_path)
+    group = limits.TenantCgroup("orch", "acme", root=root)
+    group.dirs()[0].mkdir(parents=True)
+    (group.dirs()[0] / "memory.swap.max").write_text("max\n")
+    group.create(128 << 20, 64)
+    assert (root / "cgroup.subtree_control").read_text() == "+memory +pids\n"
+    assert (root / "orch" / "cgroup.subtree_control").read_text() == "+memory +pids\n"
+    assert (group.dirs()[0] / "memory.max").read_text() == f"{128 << 20}\n"
+    assert (group.dirs()[0] / "memory.swap.max").read_text() == "0\n"
+    assert (group.dirs()[0] / "pids.max").read_text() == "64\n"
+
+
+def test_pids_are_read_from_every_controller(tmp_path):
+    root = make_v1(tmp_path)
+    group = limits.TenantCgroup("orch", "acme", root=root)
+    for d in group.dirs():
+        d.mkdir(parents=True)
+    (group.dirs()[0] / "cgroup.procs").write_text("10\n11\n")
+    (group.dirs()[1] / "cgroup.procs").write_text("11\n12\n")
+    assert group.pids() == {10, 11, 12}
+
+
+def test_process_cap_grows_with_workers():
+    assert limits.pids_for(1) == 64
+    assert limits.pids_for(100) == 416

@@ -28,12 +28,10 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from orchestrator import config as config_mod, images, paths
+from orchestrator.proxy import FrontProxy
 
-from orchestrator import config as config_mod, images, paths  # noqa: E402
-from orchestrator.proxy import FrontProxy  # noqa: E402
-
+REPO = paths.PROJECT
 BIN = Path(sys.executable).parent
 
 
@@ -61,13 +59,9 @@ def answered(address, port, hostname):
         return False
 
 
-def mount_overlay(base, scratch, upper_from=None):
-    for sub in ("work", "root"):
+def mount_overlay(base, scratch):
+    for sub in ("upper", "work", "root"):
         (scratch / sub).mkdir(parents=True)
-    if upper_from:
-        subprocess.run(["cp", "-a", "--", str(upper_from), str(scratch / "upper")], check=True)
-    else:
-        (scratch / "upper").mkdir()
     options = f"lowerdir={base},upperdir={scratch / 'upper'},workdir={scratch / 'work'},nosuid"
     subprocess.run(["mount", "-t", "overlay", "-o", options, "overlay", "--",
                     str(scratch / "root")], check=True)
@@ -76,6 +70,7 @@ def mount_overlay(base, scratch, upper_from=None):
 
 def floor_run(base, tenant, upper, scratch):
     """Mount, start Apache by hand in the tenant's netns, first 200; returns seconds."""
+    scratch.mkdir()
     subprocess.run(["cp", "-a", "--", str(upper), str(scratch / "upper")], check=True)
     for sub in ("work", "root"):
         (scratch / sub).mkdir(parents=True)
@@ -100,7 +95,11 @@ def floor_run(base, tenant, upper, scratch):
             time.sleep(0.002)
         return time.monotonic() - started
     finally:
-        apache.send_signal(signal.SIGTERM)
+        # Apache is PID 1 of its namespace, a child of unshare: killing it by its pid ends
+        # the namespace. (--kill-child alone is not enough: setpriv's uid change clears it.)
+        for child in Path(f"/proc/{apache.pid}/task").glob("*/children"):
+            for pid in child.read_text().split():
+                os.kill(int(pid), signal.SIGKILL)
         apache.wait()
         subprocess.run(["umount", "--", str(root)], check=True)
         shutil.rmtree(scratch)

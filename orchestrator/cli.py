@@ -3,11 +3,10 @@
 import argparse
 import json
 import logging
+import signal
 import sys
 
-from . import __version__, tenants
-from . import config as config_mod
-from . import spec as spec_mod
+from . import __version__, config as config_mod, spec as spec_mod, tenants
 from .errors import BadInput, OrchError
 from .progress import Progress
 
@@ -123,8 +122,14 @@ def _dispatch(args, host, spec):
     return 0
 
 
+def _interrupt(signum, frame):
+    # SIGTERM ends a create the way Ctrl-C does: through its rollback, not around it.
+    raise KeyboardInterrupt
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         args = _parser().parse_args(argv)
     except BadInput as exc:

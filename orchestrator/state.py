@@ -151,6 +151,7 @@ class Store:
     def delete(self, name):
         with self.transaction() as db:
             db.execute("DELETE FROM resources WHERE tenant = ?", (name,))
+            db.execute("DELETE FROM events WHERE tenant = ?", (name,))
             db.execute("DELETE FROM tenants WHERE name = ?", (name,))
 
     def add_resource(self, tenant, kind, **data):

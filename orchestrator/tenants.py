@@ -4,6 +4,7 @@ import contextlib
 import fcntl
 import http.client
 import logging
+import shutil
 import time
 
 from . import allocate, capacity, images, provision
@@ -173,6 +174,7 @@ def _undo(host, tenant):
         for resource in routed:
             store.drop_resource(resource.id)
     host.backend(tenant.backend).destroy(tenant)
+    shutil.rmtree(host.config.runs_dir / tenant.name, ignore_errors=True)
     store.delete(tenant.name)
 
 

@@ -17,7 +17,8 @@ from orchestrator.proxy import FrontProxy
 REPO = Path(__file__).resolve().parents[2]
 ORCH = Path(sys.executable).parent / "orch"
 IMAGES = REPO / ".cache" / "images"
-POOL = "10.253.0.0/24"
+# Per run, so two test runs on one host (a clone beside a work tree) never share links.
+POOL = f"10.253.{os.getpid() % 250}.0/24"
 
 
 def free_port():
@@ -89,9 +90,9 @@ class Orch:
             found += [f"netns {n.name}" for n in netns.iterdir() if _netns_in_pool(n.name)]
         for pattern in (self.cgroup_parent, f"*/{self.cgroup_parent}"):
             found += [f"cgroup {g}" for g in Path("/sys/fs/cgroup").glob(pattern)]
-        tenants = self.home / "tenants"
-        if tenants.is_dir():
-            found += [f"dir {d}" for d in tenants.iterdir()]
+        for folder in ("tenants", "runs"):
+            if (self.home / folder).is_dir():
+                found += [f"dir {d}" for d in (self.home / folder).iterdir()]
         return found
 
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import config as config_mod
-from orchestrator import provision
+from orchestrator import config as config_mod, provision
+from orchestrator.errors import ProxyError
+from orchestrator.proxy import FrontProxy, Route
 
 from .conftest import ORCH, as_uid, in_jail, tenant_processes, wait_for
 
@@ -112,6 +113,21 @@ def test_proxy_sets_forwarding_headers_and_hides_the_backend(orch):
 
     status, body, _ = orch.get("unknown.example.test")
     assert status == 404 and "no site is served" in body
+
+
+def test_a_refused_proxy_config_leaves_the_proxy_running(orch):
+    orch.create("steady")
+    proxy = FrontProxy(orch.config)
+    master = proxy.pid()
+    live = proxy.conf.read_text()
+
+    with pytest.raises(ProxyError, match="nginx refused"):
+        proxy.check(live.replace("worker_connections 1024;", "worker_connections;"))
+    with pytest.raises(ProxyError):
+        proxy.apply([Route("x", "x.example.test", "10.253.0.9", 99999)])
+
+    assert proxy.pid() == master and proxy.conf.read_text() == live
+    assert orch.get("steady.example.test")[0] == 200
 
 
 def test_stop_and_start(orch):

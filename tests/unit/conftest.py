@@ -2,8 +2,7 @@
 
 import pytest
 
-from orchestrator import backends
-from orchestrator import config as config_mod
+from orchestrator import backends, config as config_mod
 from orchestrator.backends.base import Backend
 
 

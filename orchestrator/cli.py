@@ -5,8 +5,9 @@ import json
 import logging
 import signal
 import sys
+from pathlib import Path
 
-from . import __version__, config as config_mod, spec as spec_mod, tenants
+from . import __version__, config as config_mod, fragments, spec as spec_mod, tenants
 from .errors import BadInput, OrchError
 from .progress import Progress
 
@@ -53,6 +54,15 @@ def _parser():
         flags(command, argparse.SUPPRESS)
         command.add_argument("name")
     flags(sub.add_parser("list", help="list the tenants"), argparse.SUPPRESS)
+
+    config = sub.add_parser("tenant-config", help="apply, show or roll back a tenant's own "
+                            "httpd.conf fragment")
+    flags(config, argparse.SUPPRESS)
+    config.add_argument("name")
+    what = config.add_mutually_exclusive_group(required=True)
+    what.add_argument("file", nargs="?", help="the new fragment ('-' for standard input)")
+    what.add_argument("--show", action="store_true", help="print the live fragment")
+    what.add_argument("--rollback", action="store_true", help="go back to the previous one")
     return parser
 
 
@@ -112,6 +122,8 @@ def _dispatch(args, host, spec):
         action = tenants.start if args.command == "start" else tenants.stop
         tenant = action(host, args.name)
         _print(args, host.describe(tenant), f"tenant {tenant.name} is {tenant.state}")
+    elif args.command == "tenant-config":
+        _tenant_config(args, host)
     elif args.command == "show":
         facts = host.describe(host.tenant(args.name))
         _print(args, facts, "\n".join(f"{k:<20} {v}" for k, v in sorted(facts.items())))
@@ -125,6 +137,26 @@ def _dispatch(args, host, spec):
 def _interrupt(signum, frame):
     # SIGTERM ends a create the way Ctrl-C does: through its rollback, not around it.
     raise KeyboardInterrupt
+
+
+def _tenant_config(args, host):
+    if args.show:
+        result = fragments.show(host, args.name)
+        _print(args, result, result["fragment"].rstrip("\n"))
+        return
+    progress = Progress(enabled=True)
+    if args.rollback:
+        result = fragments.rollback(host, args.name, progress)
+        _print(args, result, f"tenant {args.name}: the previous fragment is live again")
+        return
+    try:
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInput(f"cannot read {args.file}: {exc}", tenant=args.name, step="read",
+                       fix="give a readable text file") from None
+    result = fragments.apply(host, args.name, text, progress)
+    _print(args, result, f"tenant {args.name}: the new fragment is live "
+           f"(Apache master pid {result['master_pid']})")
 
 
 def main(argv=None):

@@ -67,3 +67,11 @@ class Backend(abc.ABC):
     def execute(self, tenant, argv, as_root=False):
         """Run argv inside the guest, as the tenant unless `as_root`."""
         raise NotImplementedError(f"backend {self.kind} cannot run commands in its guests")
+
+    def spawn(self, tenant, argv, log_path):
+        """Start argv inside the guest as the tenant in the background; return a Popen."""
+        raise NotImplementedError(f"backend {self.kind} cannot start programs in its guests")
+
+    def guest_root(self, tenant):
+        """Where the host sees the guest's root file system."""
+        raise NotImplementedError(f"backend {self.kind} does not expose its guests' files")

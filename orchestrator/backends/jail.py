@@ -61,6 +61,9 @@ class JailBackend(Backend):
     def root(self, tenant):
         return self.tenant_dir(tenant) / "root"
 
+    def guest_root(self, tenant):
+        return self.root(tenant)
+
     def names(self, tenant):
         return derived_names(tenant.name, tenant.link_index)
 
@@ -237,18 +240,48 @@ class JailBackend(Backend):
     def usage(self, tenant):
         return self.cgroup(tenant).usage()
 
-    def execute(self, tenant, argv, as_root=False, timeout=30, input=None):
-        """Run argv inside the running guest's namespaces and root, as the tenant by default."""
+    def _enter(self, tenant, as_root=False):
+        """The command prefix that puts a program inside the running guest, as the tenant.
+
+        As the tenant it also drops every capability from the bounding set and sets
+        no_new_privs, as the launcher does for Apache itself.
+        """
         pid = self.master_pid(tenant)
         if pid is None:
             raise StepFailed("the guest is not running", tenant=tenant.name, step="execute",
                              fix=f"run `orch start {tenant.name}`")
-        who = [] if as_root else ["-S", str(tenant.uid), "-G", str(tenant.gid)]
-        enter = ["nsenter", "-t", str(pid), "-m", "-u", "-i", "-n", "-p", "-r", "-w", *who]
+        enter = ["nsenter", "-t", str(pid), "-m", "-u", "-i", "-n", "-p", "-r", "-w", "--"]
+        if as_root:
+            return enter
+        return [*enter, "setpriv", f"--reuid={tenant.uid}", f"--regid={tenant.gid}",
+                "--clear-groups", "--no-new-privs", "--bounding-set=-all", "--"]
+
+    def _join_cgroup(self, tenant):
+        files = [str(f) for f in self.cgroup(tenant).procs_files()]
+
+        def join():
+            for path in files:
+                with open(path, "w") as handle:
+                    handle.write("0\n")
+        return join
+
+    def execute(self, tenant, argv, as_root=False, timeout=30, input=None):
+        """Run argv inside the running guest's namespaces, root and cgroup; wait for it."""
         return subprocess.run(
-            [*enter, "--", *argv], capture_output=True, text=True, timeout=timeout,
-            input=input, check=False,
+            [*self._enter(tenant, as_root), *argv], capture_output=True, text=True,
+            timeout=timeout, input=input, check=False, preexec_fn=self._join_cgroup(tenant),
         )
+
+    def spawn(self, tenant, argv, log_path):
+        """Start argv inside the guest as the tenant, in the background; return the Popen.
+
+        nsenter forks to enter the PID namespace, so the program is nsenter's child.
+        """
+        with open(log_path, "ab") as log_file:
+            return subprocess.Popen(
+                [*self._enter(tenant), *argv], stdout=log_file, stderr=log_file,
+                stdin=subprocess.DEVNULL, preexec_fn=self._join_cgroup(tenant),
+            )
 
     def console_tail(self, tenant, lines=10):
         return _tail(self.tenant_dir(tenant) / "console.log", lines)

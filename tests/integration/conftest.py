@@ -1,6 +1,7 @@
 """Real tenants on this host: each test gets its own state directory, proxy port, address
 pool and cgroup parent, shares the base image cache, and must leave nothing behind."""
 
+import contextlib
 import json
 import os
 import socket
@@ -115,10 +116,9 @@ def _netns_in_pool(name):
     return name.startswith("orch-ot") and _link_in_pool(name.removeprefix("orch-"))
 
 
-@pytest.fixture
-def orch(tmp_path):
+@contextlib.contextmanager
+def orch_instance(home):
     """A fresh orch state directory; every tenant and the proxy are removed afterwards."""
-    home = tmp_path / "orch-home"
     home.mkdir()
     instance = Orch(home, free_port(), f"orch-test-{os.getpid()}")
     yield instance
@@ -127,6 +127,19 @@ def orch(tmp_path):
     FrontProxy(instance.config).stop()
     left = instance.leftovers()
     assert not left, f"the test left these on the host: {left}"
+
+
+@pytest.fixture
+def orch(tmp_path):
+    with orch_instance(tmp_path / "orch-home") as instance:
+        yield instance
+
+
+@pytest.fixture(scope="module")
+def orch_module(tmp_path_factory):
+    """One orch for a whole test module, for tests that share a tenant."""
+    with orch_instance(tmp_path_factory.mktemp("orch") / "orch-home") as instance:
+        yield instance
 
 
 def tenant_processes(orch, name):
@@ -151,13 +164,13 @@ def wait_for(predicate, timeout=10.0):
     return False
 
 
-def in_jail(facts, *argv):
+def in_jail(facts, *argv, input_text=None):
     """Run argv inside a running tenant's namespaces and root, as the tenant."""
     uid = str(facts["uid"])
     return subprocess.run(
         ["nsenter", "-t", str(facts["master_pid"]), "-m", "-u", "-i", "-n", "-p", "-r", "-w",
          "-S", uid, "-G", uid, "--", *argv],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True, text=True, timeout=30, input=input_text,
     )
 
 

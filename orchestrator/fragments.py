@@ -1,0 +1,311 @@
+"""`orch tenant-config`: a tenant's own httpd.conf fragment, checked, switched, rolled back.
+
+A new fragment goes live only after the policy check, Apache's syntax test and a trial
+start (see httpdconf). Until then the running server is not touched. The switch is a
+graceful restart followed by a health check through the front proxy; if that fails the
+previous fragment is put back the same way. The last few live fragments are kept so
+`--rollback` can return to them.
+"""
+
+import contextlib
+import http.client
+import logging
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from . import httpdconf
+from .errors import StepFailed
+from .httpdconf import FragmentRefused
+
+log = logging.getLogger(__name__)
+
+CONF_DIR = "etc/apache2/orch"
+LIVE = f"{CONF_DIR}/tenant.conf"
+MAIN = f"{CONF_DIR}/httpd.conf"
+CANDIDATE_DIR = f"{CONF_DIR}/candidate"
+HISTORY_DIR = f"{CONF_DIR}/history"
+KEEP = 5
+TRIAL_PORT = 61000  # inside the tenant's own network namespace, so never anyone else's
+APACHE = "/usr/sbin/apache2"
+MAX_FRAGMENT_BYTES = 256 * 1024
+
+
+class FragmentStore:
+    """The live fragment, the candidate and the history, as files in the guest's root."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+
+    def path(self, relative):
+        return self.root / relative
+
+    def live(self):
+        try:
+            return self.path(LIVE).read_text()
+        except FileNotFoundError:
+            return ""
+
+    def history(self):
+        folder = self.path(HISTORY_DIR)
+        return sorted(folder.glob("*.conf")) if folder.is_dir() else []
+
+    def push_history(self, text):
+        folder = self.path(HISTORY_DIR)
+        folder.mkdir(mode=0o755, exist_ok=True)
+        entries = self.history()
+        number = int(entries[-1].stem) + 1 if entries else 1
+        _write(folder / f"{number:06d}.conf", text)
+        for old in self.history()[:-KEEP]:
+            old.unlink()
+
+    def write_live(self, text):
+        _write(self.path(LIVE), text)
+
+
+def _write(path, text):
+    """Write a root-owned 0644 file atomically (the tenant reads it; it cannot write it)."""
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.new")
+    temporary.write_text(text)
+    os.chown(temporary, 0, 0)
+    os.chmod(temporary, 0o644)
+    os.replace(temporary, path)
+
+
+def candidate_configs(main_text, tenant, modules):
+    """(syntax-check main, trial main) for a candidate fragment, from the live main file."""
+    include = f"Include /{LIVE}"
+    if include not in main_text:
+        raise StepFailed("the main httpd.conf has no fragment include", tenant=tenant.name,
+                         step="syntax", fix=f"run `orch reprovision {tenant.name}`")
+    preload = "".join(f"PerlModule {m}\n" for m in modules)
+    check = main_text.replace(include, f"{preload}Include /{CANDIDATE_DIR}/tenant.conf")
+    trial = (check
+             .replace(f"Listen {tenant.address}:{tenant.port}",
+                      f"Listen {tenant.address}:{TRIAL_PORT}")
+             .replace("/run/apache2/httpd.pid", "/run/apache2/trial.pid")
+             .replace("/var/log/apache2/error.log", "/var/log/apache2/trial-error.log")
+             .replace("/var/log/apache2/access.log", "/var/log/apache2/trial-access.log"))
+    return check, trial
+
+
+class FragmentApplier:
+    """Runs the checks and the switch for one tenant on one backend."""
+
+    def __init__(self, host, tenant, progress=None):
+        self.host = host
+        self.tenant = tenant
+        self.backend = host.backend(tenant.backend)
+        self.store = FragmentStore(self.backend.guest_root(tenant))
+        self.progress = progress
+
+    @contextlib.contextmanager
+    def _step(self, name):
+        if self.progress:
+            with self.progress.step(name):
+                yield
+        else:
+            yield
+
+    def check(self, text):
+        """Every check short of the switch; raises FragmentRefused with the reason."""
+        if len(text.encode()) > MAX_FRAGMENT_BYTES:
+            raise FragmentRefused(f"the fragment is larger than {MAX_FRAGMENT_BYTES} bytes",
+                                  tenant=self.tenant.name, step="policy",
+                                  fix="split it into included files under /srv/tenant")
+        if "\0" in text:
+            raise FragmentRefused("the fragment contains a NUL byte", tenant=self.tenant.name,
+                                  step="policy", fix="give a text file")
+        with self._step("policy"):
+            files = httpdconf.PolicyCheck(self.store.root, self.tenant.name).check(text)
+        allowed = [f"/{CANDIDATE_DIR}/tenant.conf", *files]
+        modules = httpdconf.handler_modules(text)
+        check_main, trial_main = candidate_configs(
+            self.store.path(MAIN).read_text(), self.tenant, modules)
+        _write(self.store.path(f"{CANDIDATE_DIR}/tenant.conf"), text)
+        _write(self.store.path(f"{CANDIDATE_DIR}/check.conf"), check_main)
+        _write(self.store.path(f"{CANDIDATE_DIR}/trial.conf"), trial_main)
+        with self._step("syntax"):
+            self._syntax(allowed)
+        with self._step("trial"):
+            self._trial(allowed)
+
+    def _refuse(self, step, summary, output, allowed):
+        shown = httpdconf.visible_errors(output, allowed)
+        detail = " / ".join(shown).replace(f"/{CANDIDATE_DIR}/tenant.conf", "your fragment")
+        raise FragmentRefused(
+            f"{summary}: {detail or 'Apache gave no message about your own files'}",
+            tenant=self.tenant.name, step=step,
+            fix="fix the fragment and apply it again; the running server is unchanged",
+        )
+
+    def _syntax(self, allowed):
+        done = self.backend.execute(
+            self.tenant, [APACHE, "-t", "-f", f"/{CANDIDATE_DIR}/check.conf"], timeout=60)
+        if done.returncode != 0:
+            self._refuse("syntax", "Apache refused the configuration",
+                         done.stderr + done.stdout, allowed)
+
+    def _trial(self, allowed):
+        trial_log = self.store.path("var/log/apache2/trial-error.log")
+        with contextlib.suppress(FileNotFoundError):
+            trial_log.unlink()
+        console = self.host.config.runs_dir / self.tenant.name / "trial.log"
+        console.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            console.unlink()
+        proc = self.backend.spawn(
+            self.tenant, [APACHE, "-f", f"/{CANDIDATE_DIR}/trial.conf", "-DFOREGROUND"],
+            console,
+        )
+        try:
+            answered = self._wait_for_answer(proc)
+        finally:
+            _stop_spawned(proc)
+        if not answered:
+            output = _read(console) + "\n" + _read(trial_log)
+            self._refuse("trial", "a trial start of the new configuration failed", output,
+                         allowed)
+
+    def _wait_for_answer(self, proc, timeout=30.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                return False
+            try:
+                conn = http.client.HTTPConnection(self.tenant.address, TRIAL_PORT, timeout=2)
+                conn.request("GET", "/", headers={"Host": self.tenant.hostname})
+                status = conn.getresponse().status
+                conn.close()
+                return status < 500
+            except OSError:
+                time.sleep(0.1)
+        return False
+
+    def switch(self, text):
+        """Make `text` live with a graceful restart; put the old one back if health fails."""
+        previous = self.store.live()
+        with self._step("switch"):
+            self.store.write_live(text)
+            self._graceful()
+        try:
+            with self._step("health"):
+                self._healthy()
+        except StepFailed as exc:
+            self.store.write_live(previous)
+            self._graceful()
+            raise StepFailed(
+                f"after the switch the site failed its health check ({exc.message}); the "
+                "previous fragment was put back", tenant=self.tenant.name, step="health",
+                fix="fix the fragment and apply it again",
+            ) from None
+        return previous
+
+    def _graceful(self):
+        master = self.backend.master_pid(self.tenant)
+        if master is None:
+            raise StepFailed("Apache is not running", tenant=self.tenant.name, step="switch",
+                             fix=f"run `orch start {self.tenant.name}`")
+        before = _children(master)
+        os.kill(master, signal.SIGUSR1)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if not Path(f"/proc/{master}").exists():
+                raise StepFailed("Apache exited during the graceful restart",
+                                 tenant=self.tenant.name, step="switch")
+            now = _children(master)
+            if now and not (now & before):
+                return
+            time.sleep(0.1)
+        log.warning("tenant %s: old Apache children still serving 20 s after the restart",
+                    self.tenant.name)
+
+    def _healthy(self):
+        try:
+            status, _, _ = self.host.proxy.get(self.tenant.hostname, "/")
+        except OSError as exc:
+            raise StepFailed(f"the front proxy did not answer: {exc}",
+                             tenant=self.tenant.name, step="health") from None
+        if status >= 500:
+            raise StepFailed(f"HTTP {status} through the front proxy",
+                             tenant=self.tenant.name, step="health")
+
+
+def _children(pid):
+    found = set()
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(FileNotFoundError):
+            found.update(int(p) for p in task.read_text().split())
+    return found
+
+
+def _descendants(pid):
+    found = set()
+    for child in _children(pid):
+        found |= {child} | _descendants(child)
+    return found
+
+
+def _stop_spawned(proc):
+    """Stop a trial Apache and all its children, by the pids found under our nsenter.
+
+    The trial master is nsenter's child; its own children would be left to the tenant's
+    real master (PID 1 of the namespace) if it died alone, so each is killed by its pid.
+    """
+    tree = _descendants(proc.pid)
+    for pid in _children(proc.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5)
+    for pid in tree | _descendants(proc.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    proc.wait()
+
+
+def _read(path):
+    try:
+        return Path(path).read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def apply(host, name, text, progress=None):
+    """Check `text` and make it the tenant's live fragment."""
+    with host.lock():
+        tenant = host.tenant(name)
+        applier = FragmentApplier(host, tenant, progress)
+        applier.check(text)
+        previous = applier.switch(text)
+        applier.store.push_history(previous)
+        host.store.event(name, "tenant-config", "a new fragment went live")
+    return {"name": name, "applied": True, "master_pid": applier.backend.master_pid(tenant)}
+
+
+def show(host, name):
+    tenant = host.tenant(name)
+    store = FragmentStore(host.backend(tenant.backend).guest_root(tenant))
+    return {"name": name, "fragment": store.live(), "history": len(store.history())}
+
+
+def rollback(host, name, progress=None):
+    """Go back to the fragment that was live before the current one."""
+    with host.lock():
+        tenant = host.tenant(name)
+        applier = FragmentApplier(host, tenant, progress)
+        entries = applier.store.history()
+        if not entries:
+            raise FragmentRefused("there is no earlier fragment to go back to", tenant=name,
+                                  step="rollback", fix="apply a fragment with tenant-config")
+        text = entries[-1].read_text()
+        applier.check(text)
+        applier.switch(text)
+        entries[-1].unlink()
+        host.store.event(name, "tenant-config", "rolled back to the previous fragment")
+    return {"name": name, "rolled_back": True}

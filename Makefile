@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: setup
 	@if $(ORCH) show demo >/dev/null 2>&1; then \
-		echo "tenant demo exists already"; \
+		$(ORCH) start demo; \
 	else \
 		$(ORCH) create-tenant demo --hostname demo.example.test; \
 	fi

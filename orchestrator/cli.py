@@ -55,6 +55,10 @@ def _parser():
         command.add_argument("name")
     flags(sub.add_parser("list", help="list the tenants"), argparse.SUPPRESS)
 
+    proxy = sub.add_parser("proxy", help="the front proxy: its status, or stop it")
+    flags(proxy, argparse.SUPPRESS)
+    proxy.add_argument("action", choices=("status", "stop"))
+
     config = sub.add_parser("tenant-config", help="apply, show or roll back a tenant's own "
                             "httpd.conf fragment")
     flags(config, argparse.SUPPRESS)
@@ -122,6 +126,14 @@ def _dispatch(args, host, spec):
         action = tenants.start if args.command == "start" else tenants.stop
         tenant = action(host, args.name)
         _print(args, host.describe(tenant), f"tenant {tenant.name} is {tenant.state}")
+    elif args.command == "proxy":
+        if args.action == "stop":
+            host.proxy.stop()
+        pid = host.proxy.pid()
+        state = f"running (pid {pid})" if pid else "stopped"
+        _print(args, {"running": pid is not None, "pid": pid,
+                      "address": host.config.proxy_address, "port": host.config.proxy_port},
+               f"front proxy on {host.config.proxy_address}:{host.config.proxy_port}: {state}")
     elif args.command == "tenant-config":
         _tenant_config(args, host)
     elif args.command == "show":

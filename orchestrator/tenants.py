@@ -95,6 +95,11 @@ def create(host, spec, progress=None):
         elif existing:
             raise BadInput(f"tenant {spec.name} already exists", tenant=spec.name,
                            step="validate", fix="pick another name")
+        owner = store.tenant_for_hostname(spec.hostname)
+        if owner and owner.name != spec.name:
+            raise BadInput(f"hostname {spec.hostname} already belongs to tenant {owner.name}",
+                           tenant=spec.name, step="validate",
+                           fix="give this tenant another hostname")
 
         with progress.step("preflight"):
             backend.preflight()

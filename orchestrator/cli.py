@@ -184,8 +184,9 @@ def main(argv=None):
     except OrchError as exc:
         return _fail(exc, args.json)
     except KeyboardInterrupt:
-        print("orch: interrupted", file=sys.stderr)
-        return 1
+        return _fail(OrchError("interrupted", fix="run the command again; a create that was "
+                               "cut short is cleaned up by the next create or delete"),
+                     args.json)
 
 
 def _fail(exc, want_json):

@@ -2,12 +2,15 @@
 
 import dataclasses
 import ipaddress
+import math
 import os
+import pwd
+import re
 import tomllib
 from pathlib import Path
 
-from .errors import ConfigError
-from .spec import parse_size
+from .errors import BadInput, ConfigError
+from .spec import check_limits, parse_size
 
 DEFAULT_HOME = "/var/lib/orch"
 LOCAL_PORT_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
@@ -72,9 +75,9 @@ def _range(section, key, text):
     try:
         low, high = (int(part) for part in str(text).split("-", 1))
     except ValueError:
-        raise ConfigError(f"[{section}] {key} = {text!r} is not a range like 20000-29999") from None
+        raise _bad(section, key, text, "is not a range", "write it like 20000-29999") from None
     if not 0 < low <= high:
-        raise ConfigError(f"[{section}] {key} = {text!r}: the low end must be positive and first")
+        raise _bad(section, key, text, "needs a positive low end first", "like 20000-29999")
     return Range(low, high)
 
 
@@ -90,73 +93,117 @@ def _local_port_range():
 def load(environ=None):
     """Read the configuration named by the environment; refuse settings that cannot work."""
     environ = os.environ if environ is None else environ
-    home = Path(environ.get("ORCH_HOME") or DEFAULT_HOME)
-    path = Path(environ.get("ORCH_CONFIG") or home / "config.toml")
+    home = Path(environ.get("ORCH_HOME") or DEFAULT_HOME).absolute()
+    named = environ.get("ORCH_CONFIG")
+    path = Path(named) if named else home / "config.toml"
     raw = {}
+    if named and not path.is_file():
+        raise ConfigError(f"ORCH_CONFIG names {path}, which is not a file", step="config",
+                          fix="point ORCH_CONFIG at orch's config.toml, or unset it")
     if path.exists():
         try:
             raw = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: {exc}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
+            raise ConfigError(f"{path}: {exc}", step="config",
+                              fix="fix the file; see the README's Configuration") from None
     return from_mapping(raw, home, source=path)
+
+
+# Characters that would break an overlayfs option string or an nginx configuration line.
+_PATH_UNSAFE = re.compile(r"[\s,:;'\"\\#{}$]")
+
+_KNOWN = {
+    "images": {"dir": str, "suite": str, "mirror": str},
+    "allocation": {"uid_range": str, "port_range": str, "address_pool": str},
+    "proxy": {"address": str, "port": int, "user": str},
+    "cgroups": {"parent": str},
+    "capacity": {"host_reserve": (str, int), "overcommit": (int, float)},
+    "defaults": {"memory": (str, int), "max_clients": int, "health_timeout": (int, float)},
+}
+
+
+def _bad(section, key, value, reason, fix=None):
+    return ConfigError(f"[{section}] {key} = {value!r} {reason}", step="config",
+                       fix=fix or "fix orch's config.toml; see the README's Configuration")
+
+
+def _safe_path(label, path):
+    path = Path(path)
+    if not path.is_absolute():
+        raise ConfigError(f"{label} {path} is not an absolute path", step="config",
+                          fix="give an absolute path")
+    if _PATH_UNSAFE.search(str(path)):
+        raise ConfigError(f"{label} {path} has a space or one of , : ; ' \" \\ # {{ }} $",
+                          step="config", fix="choose a plain path")
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{label} {path} is not a folder", step="config",
+                          fix="give a folder (it is made if missing)")
+    return path
 
 
 def from_mapping(raw, home, source="config"):
     """Build a Config from the parsed TOML mapping `raw`."""
-    known = {
-        "images": {"dir", "suite", "mirror"},
-        "allocation": {"uid_range", "port_range", "address_pool"},
-        "proxy": {"address", "port", "user"},
-        "cgroups": {"parent"},
-        "capacity": {"host_reserve", "overcommit"},
-        "defaults": {"memory", "max_clients", "health_timeout"},
-    }
     for section, values in raw.items():
-        if section not in known or not isinstance(values, dict):
-            raise ConfigError(f"{source}: unknown section [{section}]")
-        for key in values:
-            if key not in known[section]:
-                raise ConfigError(f"{source}: unknown setting {key} in [{section}]")
+        if section not in _KNOWN or not isinstance(values, dict):
+            raise ConfigError(f"{source}: unknown section [{section}]", step="config",
+                              fix=f"use only {', '.join(f'[{k}]' for k in _KNOWN)}")
+        for key, value in values.items():
+            if key not in _KNOWN[section]:
+                raise ConfigError(f"{source}: unknown setting {key} in [{section}]",
+                                  step="config",
+                                  fix=f"[{section}] takes {', '.join(_KNOWN[section])}")
+            kinds = _KNOWN[section][key]
+            if isinstance(value, bool) or not isinstance(value, kinds):
+                names = kinds.__name__ if isinstance(kinds, type) else " or ".join(
+                    k.__name__ for k in kinds)
+                raise _bad(section, key, value, f"should be of type {names}")
 
-    images = raw.get("images", {})
-    alloc = raw.get("allocation", {})
-    proxy = raw.get("proxy", {})
-    cgroups = raw.get("cgroups", {})
-    capacity = raw.get("capacity", {})
-    defaults = raw.get("defaults", {})
-    home = Path(home)
-    fields = {"home": home, "images_dir": Path(images.get("dir", home / "images"))}
-    if "suite" in images:
-        fields["suite"] = str(images["suite"])
-    if "mirror" in images:
-        fields["mirror"] = str(images["mirror"])
-    if "uid_range" in alloc:
-        fields["uid_range"] = _range("allocation", "uid_range", alloc["uid_range"])
-    if "port_range" in alloc:
-        fields["port_range"] = _range("allocation", "port_range", alloc["port_range"])
-    if "address_pool" in alloc:
+    def get(section, key):
+        return raw.get(section, {}).get(key)
+
+    home = _safe_path("ORCH_HOME", home)
+    fields = {"home": home,
+              "images_dir": _safe_path("[images] dir", get("images", "dir") or home / "images")}
+    for key in ("suite", "mirror"):
+        if get("images", key) is not None:
+            fields[key] = get("images", key)
+    for key in ("uid_range", "port_range"):
+        if get("allocation", key) is not None:
+            fields[key] = _range("allocation", key, get("allocation", key))
+    if get("allocation", "address_pool") is not None:
         try:
-            fields["address_pool"] = ipaddress.IPv4Network(alloc["address_pool"])
+            fields["address_pool"] = ipaddress.IPv4Network(get("allocation", "address_pool"))
         except ValueError as exc:
-            raise ConfigError(f"[allocation] address_pool: {exc}") from None
-    if "address" in proxy:
-        fields["proxy_address"] = str(ipaddress.IPv4Address(proxy["address"]))
-    if "port" in proxy:
-        fields["proxy_port"] = int(proxy["port"])
-    if "user" in proxy:
-        fields["proxy_user"] = str(proxy["user"])
-    if "parent" in cgroups:
-        fields["cgroup_parent"] = str(cgroups["parent"])
-    if "host_reserve" in capacity:
-        fields["host_reserve_bytes"] = parse_size(capacity["host_reserve"])
-    if "overcommit" in capacity:
-        fields["overcommit"] = float(capacity["overcommit"])
-    if "memory" in defaults:
-        fields["default_memory_bytes"] = parse_size(defaults["memory"])
-    if "max_clients" in defaults:
-        fields["default_max_clients"] = int(defaults["max_clients"])
-    if "health_timeout" in defaults:
-        fields["health_timeout"] = float(defaults["health_timeout"])
+            raise _bad("allocation", "address_pool", get("allocation", "address_pool"),
+                       f"is not a network: {exc}") from None
+    if get("proxy", "address") is not None:
+        try:
+            fields["proxy_address"] = str(ipaddress.IPv4Address(get("proxy", "address")))
+        except ValueError:
+            raise _bad("proxy", "address", get("proxy", "address"),
+                       "is not an IPv4 address", "write it like \"127.0.0.1\"") from None
+    if get("proxy", "port") is not None:
+        fields["proxy_port"] = get("proxy", "port")
+    if get("proxy", "user") is not None:
+        fields["proxy_user"] = get("proxy", "user")
+    if get("cgroups", "parent") is not None:
+        fields["cgroup_parent"] = get("cgroups", "parent")
+    try:
+        if get("capacity", "host_reserve") is not None:
+            fields["host_reserve_bytes"] = parse_size(get("capacity", "host_reserve"))
+        if get("defaults", "memory") is not None:
+            fields["default_memory_bytes"] = parse_size(get("defaults", "memory"))
+    except BadInput as exc:
+        raise ConfigError(exc.message, step="config", fix=exc.fix) from None
+    for section, key, field in (("capacity", "overcommit", "overcommit"),
+                                ("defaults", "health_timeout", "health_timeout")):
+        value = get(section, key)
+        if value is not None:
+            if not math.isfinite(value) or value <= 0:
+                raise _bad(section, key, value, "must be a number above 0")
+            fields[field] = float(value)
+    if get("defaults", "max_clients") is not None:
+        fields["default_max_clients"] = get("defaults", "max_clients")
     config = Config(**fields)
     check(config)
     return config
@@ -169,17 +216,31 @@ def check(config, local_ports=None):
         raise ConfigError(
             f"[allocation] port_range {config.port_range} overlaps the kernel's ephemeral "
             f"ports {local_ports} (net.ipv4.ip_local_port_range)",
-            fix="choose a range outside it, for example 20000-29999",
+            step="config", fix="choose a range outside it, for example 20000-29999",
         )
     if config.port_range.high > 65535:
-        raise ConfigError(f"[allocation] port_range {config.port_range} passes 65535")
+        raise ConfigError(f"[allocation] port_range {config.port_range} passes 65535",
+                          step="config")
     if config.address_pool.num_addresses < 4:
-        raise ConfigError(f"[allocation] address_pool {config.address_pool} is too small")
+        raise ConfigError(f"[allocation] address_pool {config.address_pool} is too small",
+                          step="config", fix="give a /30 or larger")
     if not 0 < config.proxy_port <= 65535:
-        raise ConfigError(f"[proxy] port {config.proxy_port} is not a TCP port")
+        raise ConfigError(f"[proxy] port {config.proxy_port} is not a TCP port", step="config")
     if config.proxy_port in config.port_range:
-        raise ConfigError(f"[proxy] port {config.proxy_port} lies inside the tenant port range")
-    if not config.cgroup_parent.replace("-", "").replace("_", "").isalnum():
-        raise ConfigError(f"[cgroups] parent {config.cgroup_parent!r} must be one plain name")
-    if config.overcommit <= 0:
-        raise ConfigError("[capacity] overcommit must be above 0")
+        raise ConfigError(f"[proxy] port {config.proxy_port} lies inside the tenant ports",
+                          step="config", fix="move it or [allocation] port_range")
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", config.cgroup_parent):
+        raise ConfigError(f"[cgroups] parent {config.cgroup_parent!r} must be one plain name",
+                          step="config", fix="use ASCII letters, digits, '-' or '_'")
+    if config.uid_range.high > 2**31 - 1:
+        raise ConfigError(f"[allocation] uid_range {config.uid_range} passes 2147483647",
+                          step="config", fix="choose uids below 2147483647")
+    try:
+        pwd.getpwnam(config.proxy_user)
+    except KeyError:
+        raise ConfigError(f"[proxy] user {config.proxy_user!r} is not a user on this host",
+                          step="config", fix="name an existing user, like www-data") from None
+    try:
+        check_limits(config.default_memory_bytes, config.default_max_clients)
+    except BadInput as exc:
+        raise ConfigError(f"[defaults]: {exc.message}", step="config") from None

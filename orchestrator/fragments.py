@@ -120,7 +120,8 @@ class FragmentApplier:
             raise FragmentRefused("the fragment contains a NUL byte", tenant=self.tenant.name,
                                   step="policy", fix="give a text file")
         with self._step("policy"):
-            files = httpdconf.PolicyCheck(self.store.root, self.tenant.name).check(text)
+            files = httpdconf.PolicyCheck(self.store.root, self.tenant.name,
+                                          reader=self.read_as_tenant).check(text)
         allowed = [f"/{CANDIDATE_DIR}/tenant.conf", *files]
         modules = httpdconf.handler_modules(text)
         check_main, trial_main = candidate_configs(
@@ -132,6 +133,13 @@ class FragmentApplier:
             self._syntax(allowed)
         with self._step("trial"):
             self._trial(allowed)
+
+    def read_as_tenant(self, guest_path):
+        """A file of the guest, read inside it by the tenant's own uid."""
+        done = self.backend.execute(self.tenant, ["cat", "--", guest_path])
+        if done.returncode != 0:
+            raise OSError(done.stderr.strip().rsplit(": ", 1)[-1] or "cannot be read")
+        return done.stdout
 
     def _refuse(self, step, summary, output, allowed):
         shown = httpdconf.visible_errors(output, allowed)
@@ -150,9 +158,8 @@ class FragmentApplier:
                          done.stderr + done.stdout, allowed)
 
     def _trial(self, allowed):
-        trial_log = self.store.path("var/log/apache2/trial-error.log")
-        with contextlib.suppress(FileNotFoundError):
-            trial_log.unlink()
+        trial_log = "/var/log/apache2/trial-error.log"
+        self.backend.execute(self.tenant, ["rm", "-f", "--", trial_log])
         console = self.host.config.runs_dir / self.tenant.name / "trial.log"
         console.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
@@ -166,7 +173,11 @@ class FragmentApplier:
         finally:
             _stop_spawned(proc)
         if not answered:
-            output = _read(console) + "\n" + _read(trial_log)
+            try:
+                logged = self.read_as_tenant(trial_log)
+            except OSError:
+                logged = ""
+            output = _read(console) + "\n" + logged
             self._refuse("trial", "a trial start of the new configuration failed", output,
                          allowed)
 

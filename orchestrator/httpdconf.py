@@ -132,12 +132,24 @@ def inside(path, tree=TENANT_HOME):
 class PolicyCheck:
     """Reads a fragment and everything it includes, inside one guest root."""
 
-    def __init__(self, guest_root, tenant, tree=TENANT_HOME, server_root="/etc/apache2"):
+    def __init__(self, guest_root, tenant, tree=TENANT_HOME, server_root="/etc/apache2",
+                 reader=None):
+        """`reader(guest_path)` returns a file's text; give one that reads as the tenant.
+
+        Paths are resolved here, from the host; contents are read through `reader`, so a
+        symbolic link the tenant swaps in after the check can only reach what the tenant
+        itself may read. Without one, files are read from the host (for tests).
+        """
         self.root = str(guest_root)
         self.tenant = tenant
         self.tree = tree
         self.server_root = server_root
+        self.reader = reader or self._read_from_host
         self.files = []
+
+    def _read_from_host(self, guest_path):
+        with open(os.path.join(self.root, guest_path.lstrip("/")), errors="replace") as handle:
+            return handle.read()
 
     def refuse(self, line, message, fix):
         where = "your fragment" if line.path == "<fragment>" else line.path
@@ -233,10 +245,9 @@ class PolicyCheck:
                 self._include_path(line, posixpath.join(real, entry), stack + [real])
             return
         try:
-            with open(host_path, errors="replace") as handle:
-                text = handle.read()
+            text = self.reader(real)
         except OSError as exc:
-            self.refuse(line, f"Include {guest_path}: {exc.strerror}", "fix the path")
+            self.refuse(line, f"Include {guest_path}: {exc.strerror or exc}", "fix the path")
         self.files.append(real)
         self._check_text(text, real, stack + [real])
 

@@ -76,6 +76,9 @@ def converge(config, tenant_name, progress=None, check=False, playbook="tenant.y
         cmdline=cmdline,
         **args,
     )
+    if result.status == "canceled":
+        raise ProvisionError("the Ansible run was interrupted", tenant=tenant_name,
+                             step="provision")
     if result.status != "successful" or failures:
         if failures:
             task, message = failures[0]
@@ -87,6 +90,6 @@ def converge(config, tenant_name, progress=None, check=False, playbook="tenant.y
             )
         raise ProvisionError(
             reason, tenant=tenant_name, step="provision",
-            fix=f"see the run's output under {run_dir}/artifacts",
+            fix="fix the cause above; `-vv` shows every command orch ran",
         )
     return {"changed": len(changed_tasks), "changed_tasks": changed_tasks}

@@ -130,13 +130,18 @@ class FrontProxy:
         log.warning("front proxy: old workers still running 10 s after reload")
 
     def pid(self):
-        """The master's pid when this proxy is running, else None."""
+        """The master's pid when this proxy is running, else None.
+
+        The pid file outlives a killed nginx or a reboot, so the pid is trusted only if that
+        process is an nginx master started with this proxy's own configuration file.
+        """
         try:
             pid = int(self.pidfile.read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except (FileNotFoundError, ValueError, ProcessLookupError):
             return None
-        return pid if b"nginx" in cmdline else None
+        ours = cmdline[:1] and cmdline[0].startswith(b"nginx: master process")
+        return pid if ours and str(self.conf).encode() in b" ".join(cmdline) else None
 
     def stop(self):
         """Stop this proxy (its master, by the pid in its own pid file) and wait for it."""

@@ -1,6 +1,7 @@
 """The tenant spec and the one naming policy, applied before any host command runs."""
 
 import dataclasses
+import grp
 import pwd
 import re
 
@@ -8,7 +9,7 @@ from .errors import BadInput
 
 NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,29}")
 LABEL_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
-SIZE_RE = re.compile(r"(\d+)\s*([kmgt]?)(i?b)?", re.IGNORECASE)
+SIZE_RE = re.compile(r"(\d+)\s*([kmgt]?)(i?b)?", re.IGNORECASE | re.ASCII)
 SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 # Names a tenant may not take, beyond the users that already exist on the host: account
@@ -50,37 +51,45 @@ def parse_size(text):
 
 def check_name(name, existing_user=None):
     """Refuse a tenant name that breaks the policy, with the reason and the fix."""
-    existing_user = existing_user or _host_user_exists
+    existing_user = existing_user or _host_account_exists
     if not NAME_RE.fullmatch(name or ""):
         raise BadInput(
-            f"tenant name {name!r} is not allowed",
+            f"tenant name {name!r} is not allowed", tenant=_printable(name),
             step="validate",
             fix="use a lowercase letter followed by up to 29 lowercase letters, digits or '-'",
         )
     if name.endswith("-") or "--" in name:
         raise BadInput(
             f"tenant name {name!r} is not allowed: it would not make a valid DNS label",
-            step="validate",
+            tenant=name, step="validate",
             fix="do not end it with '-' or use '--'",
         )
     if name in RESERVED_NAMES:
         raise BadInput(
-            f"tenant name {name!r} is reserved", step="validate", fix="choose another name"
+            f"tenant name {name!r} is reserved", tenant=name, step="validate",
+            fix="choose another name",
         )
     if existing_user(name):
         raise BadInput(
-            f"tenant name {name!r} is already a user on this host",
-            step="validate",
-            fix="choose a name that is not in /etc/passwd",
+            f"tenant name {name!r} is already a user or group on this host",
+            tenant=name, step="validate",
+            fix="choose a name that is in neither /etc/passwd nor /etc/group",
         )
 
 
-def _host_user_exists(name):
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True
+def _printable(name):
+    return (name or "").encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
+
+
+def _host_account_exists(name):
+    """A user or a group of that name: the guest's image has the same system accounts."""
+    for lookup in (pwd.getpwnam, grp.getgrnam):
+        try:
+            lookup(name)
+        except KeyError:
+            continue
+        return True
+    return False
 
 
 def check_hostname(hostname):
@@ -149,13 +158,26 @@ def make_spec(name, hostname, backend="jail", memory=None, max_clients=None, *, 
               existing_user=None):
     """Validate every field of a create request and return the spec, or raise BadInput."""
     check_name(name, existing_user)
-    host = check_hostname(hostname)
+    try:
+        host = check_hostname(hostname)
+    except BadInput as exc:
+        exc.tenant = name
+        raise
     if backend not in BACKENDS:
         raise BadInput(
             f"backend {backend!r} is unknown", step="validate",
             fix=f"choose one of {', '.join(BACKENDS)}",
         )
-    memory_bytes = parse_size(memory) if memory is not None else defaults.default_memory_bytes
+    try:
+        memory_bytes = (parse_size(memory) if memory is not None
+                        else defaults.default_memory_bytes)
+    except BadInput as exc:
+        raise BadInput(f"--memory {exc.message}", tenant=name, step="validate",
+                       fix=exc.fix) from None
     clients = int(max_clients) if max_clients is not None else defaults.default_max_clients
-    check_limits(memory_bytes, clients)
+    try:
+        check_limits(memory_bytes, clients)
+    except BadInput as exc:
+        exc.tenant = name
+        raise
     return TenantSpec(name, host, backend, memory_bytes, clients)

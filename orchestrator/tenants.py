@@ -12,6 +12,7 @@ from .backends import get_backend
 from .errors import BadInput, NotFound, OrchError, StepFailed
 from .progress import Progress
 from .proxy import FrontProxy, Route
+from .spec import NAME_RE
 from .state import Store
 
 log = logging.getLogger(__name__)
@@ -46,9 +47,10 @@ class Host:
             yield
 
     def tenant(self, name):
-        tenant = self.store.get(name)
+        tenant = self.store.get(name) if NAME_RE.fullmatch(name) else None
         if tenant is None:
-            raise NotFound(f"tenant {name} does not exist", tenant=name,
+            shown = name.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
+            raise NotFound(f"tenant {shown} does not exist", tenant=shown, step="lookup",
                            fix="see `orch list` for the tenants there are")
         return tenant
 
@@ -107,7 +109,8 @@ def create(host, spec, progress=None):
         with progress.step("image"):
             images.ensure(config, progress=progress.detail)
         with progress.step("allocate"):
-            tenant = allocate.allocate(store, spec, config)
+            tenant = allocate.allocate(store, spec, config,
+                                       link_taken=getattr(backend, "link_taken", None))
         store.event(tenant.name, "allocate",
                     f"uid {tenant.uid}, port {tenant.port}, address {tenant.address}")
 
@@ -174,8 +177,15 @@ def _undo(host, tenant):
     store.set_state(tenant.name, "deleting", failure=tenant.failure)
     routed = [r for r in store.resources(tenant.name) if r.kind == "proxy_route"]
     if routed:
-        # Taking a route away never needs a proxy that is down to be started.
-        host.proxy.apply(host.routes(without=tenant.name), tenant=tenant.name, start=False)
+        # Taking a route away never needs a proxy that is down to be started. If the proxy
+        # refuses every configuration (a bad [proxy] setting), the guest is removed anyway:
+        # routes are rendered from the state store, so the next good change drops this one.
+        try:
+            host.proxy.apply(host.routes(without=tenant.name), tenant=tenant.name,
+                             start=False)
+        except OrchError as exc:
+            log.warning("tenant %s: front proxy not updated (%s); removing the guest anyway",
+                        tenant.name, exc.message)
         for resource in routed:
             store.drop_resource(resource.id)
     host.backend(tenant.backend).destroy(tenant)
@@ -185,6 +195,8 @@ def _undo(host, tenant):
 
 def delete(host, name):
     """Remove the tenant and everything it had; deleting a missing tenant is harmless."""
+    if not NAME_RE.fullmatch(name):
+        host.tenant(name)  # raises NotFound with a printable name
     with host.lock():
         tenant = host.store.get(name)
         if tenant is None:

@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -32,6 +33,25 @@ NETNS_DIR = Path("/run/netns")
 APACHE = ["/usr/sbin/apache2", "-f", "/etc/apache2/orch/httpd.conf", "-DFOREGROUND"]
 RESOURCE_KINDS = ("dir", "cgroup", "netns", "link", "mount")
 
+# Inside each guest's own network namespace, where the tenant (no CAP_NET_ADMIN) cannot
+# change it: connections may come in from the host's end of the link and be answered;
+# the guest itself may open connections only to itself.
+GUEST_RULES = """\
+table inet orch_guest {
+    chain output {
+        type filter hook output priority 0; policy drop;
+        oif "lo" accept
+        ct state established,related accept
+    }
+}
+"""
+
+
+def network_taken(link_index):
+    """Whether the link or namespace a tenant with this index would use exists already."""
+    return (NETNS_DIR / f"orch-ot{link_index}").exists() or Path(
+        f"/sys/class/net/ot{link_index}").exists()
+
 
 class JailBackend(Backend):
     """chroot plus namespaces plus cgroups; no daemon."""
@@ -40,11 +60,15 @@ class JailBackend(Backend):
     can_resize_live = True
     can_execute = True
 
+    @staticmethod
+    def link_taken(link_index):
+        return network_taken(link_index)
+
     def preflight(self):
         if os.geteuid() != 0:
             raise PreflightError("the jail backend must run as root", step="preflight",
                                  fix="run orch as root")
-        for tool in ("ip", "nsenter", "mount", "umount"):
+        for tool in ("ip", "nsenter", "mount", "umount", "nft"):
             if shutil.which(tool) is None:
                 raise PreflightError(f"{tool} is not installed", step="preflight",
                                      fix="run scripts/setup-host")
@@ -78,6 +102,22 @@ class JailBackend(Backend):
         if not base.is_dir():
             raise StepFailed(f"base image {base} is missing", tenant=tenant.name, step="create")
         tdir = self.tenant_dir(tenant)
+        group = self.cgroup(tenant)
+        # Check, then record, then make: an object that was already there is never
+        # recorded, so a rollback can never remove what this create did not make.
+        step = {"tenant": tenant.name, "step": "create"}
+        if tdir.exists():
+            raise StepFailed(f"{tdir} already exists and is not this tenant's", **step,
+                             fix=f"move it away; orch keeps tenant {tenant.name}'s files there")
+        if group.exists():
+            raise StepFailed(f"cgroup {group.dirs()[0]} already exists and is not this "
+                             "tenant's", **step,
+                             fix="set [cgroups] parent to a name no other orch uses")
+        if network_taken(tenant.link_index):
+            raise StepFailed(
+                f"network namespace {names['netns']} or link {names['link']} already exists",
+                **step, fix="give each orch on this host its own [allocation] address_pool",
+            )
 
         record("dir", path=str(tdir))
         self.config.tenants_dir.mkdir(parents=True, exist_ok=True)
@@ -86,16 +126,10 @@ class JailBackend(Backend):
         for sub in ("upper", "work", "root"):
             (tdir / sub).mkdir(mode=0o755)
 
-        group = self.cgroup(tenant)
-        if group.exists():
-            raise StepFailed(
-                f"cgroup {group.dirs()[0]} already exists and is not this tenant's",
-                tenant=tenant.name, step="create",
-                fix="set [cgroups] parent to a name no other orch uses",
-            )
         record("cgroup", parent=group.parent, name=group.name)
         group.create(tenant.memory_limit_bytes, limits.pids_for(tenant.max_clients))
 
+        self._guard_pool(tenant)
         record("netns", name=names["netns"])
         record("link", name=names["link"])
         self._make_network(tenant, names)
@@ -103,22 +137,36 @@ class JailBackend(Backend):
         record("mount", path=str(self.root(tenant)), lower=str(base))
         self._mount_root(tenant, base)
 
+    def _guard_pool(self, tenant):
+        """Blackhole the address pool, so a guest address whose link is gone is unreachable
+        instead of being sent out of the host's default route."""
+        hostcmd.run(["ip", "route", "replace", "blackhole", str(self.config.address_pool)],
+                    tenant=tenant.name, step="create")
+
+    def _release_pool_guard(self, tenant):
+        others = [t for t in self.store.tenants() if t.backend == self.kind
+                  and t.name != tenant.name]
+        if not others:
+            hostcmd.run(["ip", "route", "del", "blackhole", str(self.config.address_pool)],
+                        check=False, tenant=tenant.name, step="destroy")
+
     def _make_network(self, tenant, names):
         netns, link, peer = names["netns"], names["link"], names["guest_link"]
         step = {"tenant": tenant.name, "step": "create"}
-        if (NETNS_DIR / netns).exists() or Path(f"/sys/class/net/{link}").exists():
-            raise StepFailed(
-                f"network namespace {netns} or link {link} already exists", **step,
-                fix="another orch uses the same [allocation] address_pool; give each its own",
-            )
         hostcmd.run(["ip", "netns", "add", netns], **step)
         hostcmd.run(["ip", "link", "add", link, "type", "veth", "peer", "name", peer], **step)
         hostcmd.run(["ip", "link", "set", peer, "netns", netns], **step)
         inside = ["ip", "-n", netns]
         hostcmd.run([*inside, "link", "set", peer, "name", "eth0"], **step)
+        # No IPv6 link-local address: the link carries the guest's IPv4 /31 and nothing else.
+        hostcmd.run([*inside, "link", "set", "eth0", "addrgenmode", "none"], **step)
         hostcmd.run([*inside, "addr", "add", f"{tenant.address}/31", "dev", "eth0"], **step)
         hostcmd.run([*inside, "link", "set", "eth0", "up"], **step)
         hostcmd.run([*inside, "link", "set", "lo", "up"], **step)
+        # Only answers leave the guest: it may reply to the front proxy but open nothing,
+        # not even to services of the host that listen on every address.
+        hostcmd.run(["ip", "netns", "exec", netns, "nft", "-f", "-"], **step,
+                    input=GUEST_RULES)
         hostcmd.run(["ip", "addr", "add", f"{tenant.host_address}/31", "dev", link], **step)
         hostcmd.run(["ip", "link", "set", link, "up"], **step)
 
@@ -165,6 +213,7 @@ class JailBackend(Backend):
         if not os.path.ismount(self.root(tenant)):
             self._mount_root(tenant, images.rootfs_for(self.config))
         if not (NETNS_DIR / names["netns"]).exists():
+            self._guard_pool(tenant)
             self._make_network(tenant, names)
         group = self.cgroup(tenant)
         if not group.exists():
@@ -186,14 +235,14 @@ class JailBackend(Backend):
             if resource.kind in RESOURCE_KINDS:
                 self.release(tenant, resource)
                 self.store.drop_resource(resource.id)
+        self._release_pool_guard(tenant)
 
     def release(self, tenant, resource):
         """Undo one recorded object; a missing object is already undone."""
         step = {"tenant": tenant.name, "step": "destroy"}
         data = resource.data
         if resource.kind == "mount":
-            if os.path.ismount(data["path"]):
-                hostcmd.run(["umount", "--", data["path"]], **step)
+            _unmount(data["path"], step)
         elif resource.kind == "link":
             if Path(f"/sys/class/net/{data['name']}").exists():
                 hostcmd.run(["ip", "link", "delete", data["name"]], **step)
@@ -292,12 +341,31 @@ class JailBackend(Backend):
         return _tail(self.tenant_dir(tenant) / "upper" / "var/log/apache2/error.log", lines)
 
 
+def _unmount(path, step):
+    """Unmount a tenant's root; if something (an interrupted Ansible run) still holds it,
+    detach it lazily so the folder can go, and say so."""
+    for _ in range(20):
+        if not os.path.ismount(path):
+            return
+        done = hostcmd.run(["umount", "--", path], check=False, **step)
+        if done.returncode == 0:
+            return
+        time.sleep(0.25)
+    log.warning("%s stays busy; detaching it lazily", path)
+    hostcmd.run(["umount", "--lazy", "--", path], **step)
+
+
 def _tail(path, lines):
-    if path.is_symlink():
-        return "(a symbolic link; not read)"
+    # O_NOFOLLOW: the file may be the tenant's, and a link it made must not be followed.
     try:
-        text = path.read_text(errors="replace")
-    except (FileNotFoundError, IsADirectoryError):
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
         return "(empty)"
+    except OSError:
+        return "(not a plain file; not read)"
+    with os.fdopen(fd, errors="replace") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return "(not a plain file; not read)"
+        text = handle.read()
     found = [line for line in text.strip().splitlines() if not line.startswith("--- start")]
     return " / ".join(found[-lines:]) or "(empty)"

@@ -242,3 +242,68 @@ def test_time_is_reported_per_step(orch):
     assert all(t["ok"] for t in facts["timings"])
     assert sys.executable  # the venv is the one running these tests
     assert time.time() > facts["created_at"]
+
+
+def test_objects_made_by_someone_else_are_left_alone(orch):
+    # A namespace in the way of the first address slot, and a folder where the tenant's
+    # would go: create must neither use nor remove them.
+    import ipaddress
+
+    from .conftest import POOL
+
+    first_guest = ipaddress.IPv4Network(POOL).network_address + 3
+    theirs = f"orch-ot{int(first_guest) & 0xFFFFFF}"
+    subprocess.run(["ip", "netns", "add", theirs], check=True)
+    keep = orch.home / "tenants" / "clash" / "keep"
+    keep.parent.mkdir(parents=True)
+    keep.write_text("precious\n")
+    try:
+        done = orch.run("create-tenant", "clash", "--hostname", "clash.example.test",
+                        check=False)
+        assert done.returncode == 1 and "already exists" in done.stderr
+        assert keep.read_text() == "precious\n"
+        keep.unlink()
+        keep.parent.rmdir()
+
+        facts = orch.create("clash")
+        assert facts["address"] != str(first_guest)
+        assert Path(f"/run/netns/{theirs}").exists()
+    finally:
+        orch.run("delete-tenant", "clash", check=False)
+        assert Path(f"/run/netns/{theirs}").exists()
+        subprocess.run(["ip", "netns", "delete", theirs], check=True)
+
+
+def test_a_tenant_cannot_open_connections_to_the_host(orch):
+    import socket
+
+    orch.create("closed")
+    facts = orch.show("closed")
+    host_end = str(int(facts["address"].rsplit(".", 1)[1]) - 1)
+    host_end = facts["address"].rsplit(".", 1)[0] + "." + host_end
+    with socket.socket() as listener:
+        listener.bind(("0.0.0.0", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        probe = ("import socket,sys\ns=socket.socket(); s.settimeout(2)\n"
+                 "try:\n s.connect((sys.argv[1], int(sys.argv[2]))); print('connected')\n"
+                 "except OSError as e:\n print('refused', e)\n")
+        done = in_jail(facts, "python3", "-c", probe, host_end, str(port))
+    assert done.stdout.startswith("refused"), done.stdout + done.stderr
+    assert orch.get("closed.example.test")[0] == 200  # answers still go back
+
+
+def test_a_stale_proxy_pid_file_is_not_trusted(orch):
+    orch.create("stale")
+    proxy = FrontProxy(orch.config)
+    orch.run("proxy", "stop")
+    impostor = subprocess.Popen(["bash", "-c", "exec -a nginx sleep 60"])
+    try:
+        proxy.pidfile.write_text(f"{impostor.pid}\n")
+        assert proxy.pid() is None
+        orch.run("start", "stale")  # starts a real proxy instead of signalling the impostor
+        assert impostor.poll() is None
+        assert orch.get("stale.example.test")[0] == 200
+    finally:
+        impostor.kill()
+        impostor.wait()

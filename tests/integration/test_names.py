@@ -80,7 +80,7 @@ def test_existing_host_user_is_refused(orch):
                               check=False)
     finally:
         subprocess.run(["userdel", user], check=True)
-    assert code == 2 and "already a user on this host" in doc["error"]["message"]
+    assert code == 2 and "already a user or group on this host" in doc["error"]["message"]
     _nothing_made(orch)
 
 
@@ -104,3 +104,15 @@ def test_duplicates_are_refused(orch):
     assert code == 2 and "belongs to tenant first" in doc["error"]["message"]
     assert [t["name"] for t in orch.json("list")[1]["tenants"]] == ["first"]
     assert orch.get("shop.example.test")[0] == 200
+
+
+def test_existing_host_group_is_refused(orch):
+    group = f"orchg{uuid.uuid4().hex[:8]}"
+    subprocess.run(["groupadd", "--system", group], check=True)
+    try:
+        code, doc = orch.json("create-tenant", group, "--hostname", "ok.example.test",
+                              check=False)
+    finally:
+        subprocess.run(["groupdel", group], check=True)
+    assert code == 2 and "group" in doc["error"]["message"]
+    _nothing_made(orch)

@@ -46,3 +46,55 @@ def test_broken_toml_names_the_file(tmp_path):
     (tmp_path / "config.toml").write_text("[proxy\n")
     with pytest.raises(ConfigError, match="config.toml"):
         config_mod.load({"ORCH_HOME": str(tmp_path)})
+
+
+@pytest.mark.parametrize("raw", [
+    {"proxy": {"address": 5}},
+    {"proxy": {"address": "localhost"}},
+    {"proxy": {"port": "abc"}},
+    {"proxy": {"port": 18555.9}},
+    {"proxy": {"port": True}},
+    {"proxy": {"user": "no-such-user-here"}},
+    {"capacity": {"overcommit": "x"}},
+    {"capacity": {"overcommit": float("nan")}},
+    {"capacity": {"overcommit": float("inf")}},
+    {"defaults": {"max_clients": "many"}},
+    {"defaults": {"max_clients": 0}},
+    {"defaults": {"health_timeout": -5}},
+    {"images": {"dir": 5}},
+    {"images": {"dir": "relative/images"}},
+    {"images": {"dir": "/tmp/with space"}},
+    {"images": {"dir": "/tmp/with,comma"}},
+    {"allocation": {"uid_range": "4294967295-4294967296"}},
+    {"cgroups": {"parent": "ørch"}},
+])
+def test_bad_values_are_config_errors_with_a_step(tmp_path, raw):
+    with pytest.raises(ConfigError) as caught:
+        config_mod.from_mapping(raw, tmp_path)
+    assert caught.value.exit_code == 2 and caught.value.step == "config"
+
+
+def test_unsafe_or_odd_homes(tmp_path):
+    for home in (tmp_path / "h space", tmp_path / "a,b"):
+        with pytest.raises(ConfigError):
+            config_mod.load({"ORCH_HOME": str(home)})
+    afile = tmp_path / "file"
+    afile.write_text("")
+    with pytest.raises(ConfigError, match="not a folder"):
+        config_mod.load({"ORCH_HOME": str(afile)})
+
+
+def test_relative_home_is_made_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert config_mod.load({"ORCH_HOME": "rel"}).home == tmp_path / "rel"
+
+
+def test_a_missing_orch_config_file_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="ORCH_CONFIG"):
+        config_mod.load({"ORCH_HOME": str(tmp_path), "ORCH_CONFIG": str(tmp_path / "nope")})
+
+
+def test_undecodable_config(tmp_path):
+    (tmp_path / "config.toml").write_bytes(b"[proxy]\nuser = \"\xff\"\n")
+    with pytest.raises(ConfigError):
+        config_mod.load({"ORCH_HOME": str(tmp_path)})

@@ -31,3 +31,22 @@ def admit(config, tenants, memory_bytes, name, total=None):
             fix="give a smaller --memory, delete a tenant, or raise [capacity] overcommit",
         )
     return {"budget": limit, "promised": promised}
+
+
+def summary(config, tenants, usages, size=None, total=None):
+    """The host's memory, the budget, what is promised and used, and how many more fit."""
+    total = host_memory_bytes() if total is None else total
+    limit = budget(config, total)
+    promised = sum(t.memory_limit_bytes for t in tenants)
+    size = size or config.default_memory_bytes
+    return {
+        "host_memory_bytes": total,
+        "reserved_bytes": config.host_reserve_bytes,
+        "overcommit": config.overcommit,
+        "budget_bytes": limit,
+        "promised_bytes": promised,
+        "used_bytes": sum(u.get("memory_current", 0) for u in usages.values()),
+        "tenants": len(tenants),
+        "size_bytes": size,
+        "fit": max(0, (limit - promised) // size),
+    }

@@ -5,9 +5,21 @@ import json
 import logging
 import signal
 import sys
+import time
 from pathlib import Path
 
-from . import __version__, config as config_mod, fragments, spec as spec_mod, tenants
+from . import (
+    __version__,
+    boot,
+    capacity,
+    config as config_mod,
+    fragments,
+    metering,
+    reprovision,
+    spec as spec_mod,
+    systemd,
+    tenants,
+)
 from .errors import BadInput, OrchError
 from .progress import Progress
 
@@ -53,7 +65,52 @@ def _parser():
         command = sub.add_parser(name, help=text)
         flags(command, argparse.SUPPRESS)
         command.add_argument("name")
+        if name == "stop":
+            command.add_argument("--keep-state", action="store_true",
+                                 help="for a host shutdown: `orch boot` starts it again")
+    flags(sub.add_parser("boot", help="start every autostart tenant, then the front proxy"),
+          argparse.SUPPRESS)
+    flags(sub.add_parser("reconcile", help="compare state with the host and repair"),
+          argparse.SUPPRESS)
+    units = sub.add_parser("systemd-units", help="write systemd units for this state directory")
+    flags(units, argparse.SUPPRESS)
+    units.add_argument("--dir", default="/etc/systemd/system")
+    units.add_argument("--calendar", default="daily",
+                       help="OnCalendar= of the reprovisioning timer")
     flags(sub.add_parser("list", help="list the tenants"), argparse.SUPPRESS)
+
+    again = sub.add_parser("reprovision", help="converge tenants to the roles again "
+                           "(--check: report the drift only)")
+    flags(again, argparse.SUPPRESS)
+    again.add_argument("name", nargs="?")
+    again.add_argument("--all", action="store_true", help="every tenant")
+    again.add_argument("--check", action="store_true", help="report drift; change nothing")
+
+    resize = sub.add_parser("resize", help="change a tenant's memory cap or worker count")
+    flags(resize, argparse.SUPPRESS)
+    resize.add_argument("name")
+    resize.add_argument("--memory")
+    resize.add_argument("--max-clients", type=int)
+
+    meter = sub.add_parser("meter", help="usage samples for billing")
+    flags(meter, argparse.SUPPRESS)
+    meter_sub = meter.add_subparsers(dest="meter_command", required=True, metavar="ACTION",
+                                     parser_class=_Parser)
+    flags(meter_sub.add_parser("sample", help="record every running tenant's usage now"),
+          argparse.SUPPRESS)
+    report = meter_sub.add_parser("report", help="average, peak and charge per tenant")
+    flags(report, argparse.SUPPRESS)
+    report.add_argument("--from", dest="start", help="ISO 8601 time (default: 24 h ago)")
+    report.add_argument("--to", dest="end", help="ISO 8601 time (default: now)")
+    report.add_argument("--price-per-gb-hour", type=float)
+    report.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    flags(meter_sub.add_parser("export", help="the latest samples in Prometheus' format"),
+          argparse.SUPPRESS)
+
+    room = sub.add_parser("capacity", help="host memory, promises, use, and room left")
+    flags(room, argparse.SUPPRESS)
+    room.add_argument("--size", help="how many more tenants of this size fit (default: "
+                      "the default --memory)")
 
     proxy = sub.add_parser("proxy", help="the front proxy: its status, or stop it")
     flags(proxy, argparse.SUPPRESS)
@@ -122,10 +179,40 @@ def _dispatch(args, host, spec):
         deleted = tenants.delete(host, args.name)
         text = f"tenant {args.name} " + ("deleted" if deleted else "did not exist; nothing to do")
         _print(args, {"name": args.name, "deleted": deleted}, text)
-    elif args.command in ("start", "stop"):
-        action = tenants.start if args.command == "start" else tenants.stop
-        tenant = action(host, args.name)
+    elif args.command == "start":
+        tenant = tenants.start(host, args.name)
         _print(args, host.describe(tenant), f"tenant {tenant.name} is {tenant.state}")
+    elif args.command == "stop":
+        tenant = tenants.stop(host, args.name, keep_state=args.keep_state)
+        _print(args, host.describe(tenant), f"tenant {tenant.name} is stopped")
+    elif args.command == "boot":
+        results = boot.boot(host)
+        _print(args, {"tenants": results},
+               _table(results, ["name", "result", "detail"]) if results else "no tenants")
+        return 1 if any(r["result"] == "failed" for r in results) else 0
+    elif args.command == "reconcile":
+        reports = boot.reconcile(host)
+        rows = [{"name": r["name"], "found": "; ".join(r["found"]) or "in line",
+                 "done": "; ".join(r["done"])} for r in reports]
+        _print(args, {"tenants": reports},
+               _table(rows, ["name", "found", "done"]) if rows else "no tenants")
+    elif args.command == "systemd-units":
+        written = systemd.write(args.dir, host.config, host.store.tenants(), args.calendar)
+        _print(args, {"dir": args.dir, "files": written},
+               "\n".join(f"{args.dir}/{name}" for name in written))
+    elif args.command == "resize":
+        if args.memory is None and args.max_clients is None:
+            raise BadInput("give --memory, --max-clients or both", tenant=args.name,
+                           step="parse", fix=f"orch resize {args.name} --memory 1G")
+        tenant = tenants.resize(host, args.name, args.memory, args.max_clients)
+        _print(args, host.describe(tenant), f"tenant {tenant.name}: memory "
+               f"{tenant.memory_limit_bytes >> 20} MiB, max clients {tenant.max_clients}")
+    elif args.command == "meter":
+        return _meter(args, host)
+    elif args.command == "capacity":
+        return _capacity(args, host)
+    elif args.command == "reprovision":
+        return _reprovision(args, host)
     elif args.command == "proxy":
         if args.action == "stop":
             host.proxy.stop()
@@ -149,6 +236,77 @@ def _dispatch(args, host, spec):
 def _interrupt(signum, frame):
     # SIGTERM ends a create the way Ctrl-C does: through its rollback, not around it.
     raise KeyboardInterrupt
+
+
+def _meter(args, host):
+    if args.meter_command == "sample":
+        taken = metering.sample(host)
+        _print(args, {"samples": taken}, f"sampled {len(taken)} tenant(s)")
+    elif args.meter_command == "export":
+        sys.stdout.write(metering.export(host))
+    else:
+        now = time.time()
+        start = metering.parse_time(args.start, now - 86400)
+        end = metering.parse_time(args.end, now)
+        rows = metering.report(host, start, end, args.price_per_gb_hour)
+        if args.json or args.format == "json":
+            args.json = True
+            _print(args, {"from": start, "to": end, "tenants": rows}, None)
+        elif args.format == "csv":
+            sys.stdout.write(metering.as_csv(rows))
+        else:
+            shown = [{**r, "memory_avg": f"{r['memory_avg_bytes'] / 2**20:.1f}M",
+                      "without_cache": f"{r['memory_avg_without_cache_bytes'] / 2**20:.1f}M",
+                      "peak": f"{r['memory_peak_bytes'] / 2**20:.1f}M"} for r in rows]
+            columns = ["name", "samples", "memory_avg", "without_cache", "peak",
+                       "cpu_seconds", "gib_hours"] + (["charge"] if
+                                                      args.price_per_gb_hour is not None else [])
+            print(_table(shown, columns) if rows else "no samples in that period")
+    return 0
+
+
+def _capacity(args, host):
+    size = spec_mod.parse_size(args.size) if args.size else None
+    running = [t for t in host.store.tenants() if t.state == "running"]
+    usages = {t.name: host.backend(t.backend).usage(t) for t in running}
+    room = capacity.summary(host.config, host.store.tenants(), usages, size)
+    mib = 1 << 20
+    text = "\n".join([
+        f"host memory      {room['host_memory_bytes'] // mib:>8} MiB",
+        f"kept for host    {room['reserved_bytes'] // mib:>8} MiB",
+        f"budget           {room['budget_bytes'] // mib:>8} MiB (overcommit "
+        f"{room['overcommit']})",
+        f"promised         {room['promised_bytes'] // mib:>8} MiB to {room['tenants']} tenant(s)",
+        f"in use           {room['used_bytes'] // mib:>8} MiB",
+        f"room for         {room['fit']:>8} more tenant(s) of {room['size_bytes'] // mib} MiB",
+    ])
+    _print(args, room, text)
+    return 0
+
+
+def _reprovision(args, host):
+    names = reprovision.names_for(host, args.name, args.all)
+    reports = reprovision.reprovision(host, names, check=args.check,
+                                      progress=Progress(enabled=True))
+    rows = []
+    for report in reports:
+        if report["failure"]:
+            result = "failed"
+        elif args.check:
+            result = "drift" if report["changed"] or report["drift"] else "in line"
+        else:
+            result = "changed" if report["changed"] or report["actions"] else "unchanged"
+        notes = report["failure"] or "; ".join(report["drift"] + report["actions"]
+                                               + report["changed"])
+        rows.append({"name": report["name"], "result": result,
+                     "changed": len(report["changed"]), "notes": notes})
+    lines = [_table(rows, ["name", "result", "changed", "notes"]) if rows else "no tenants"]
+    if args.check:
+        for report in reports:
+            for diff in report["diffs"]:
+                lines.append(f"--- {report['name']}: {diff['task']}\n{diff['diff'].rstrip()}")
+    _print(args, {"check": args.check, "tenants": reports}, "\n".join(lines))
+    return 1 if any(r["failure"] for r in reports) else 0
 
 
 def _tenant_config(args, host):
@@ -183,6 +341,8 @@ def main(argv=None):
         return _run(args)
     except OrchError as exc:
         return _fail(exc, args.json)
+    except BrokenPipeError:  # the reader of our output went away (`| head`)
+        return 0
     except KeyboardInterrupt:
         return _fail(OrchError("interrupted", fix="run the command again; a create that was "
                                "cut short is cleaned up by the next create or delete"),

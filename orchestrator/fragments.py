@@ -27,6 +27,8 @@ LIVE = f"{CONF_DIR}/tenant.conf"
 MAIN = f"{CONF_DIR}/httpd.conf"
 CANDIDATE_DIR = f"{CONF_DIR}/candidate"
 HISTORY_DIR = f"{CONF_DIR}/history"
+QUARANTINE_DIR = f"{CONF_DIR}/quarantine"
+EMPTY = "# The tenant's own httpd.conf fragment; change it with `orch tenant-config`.\n"
 KEEP = 5
 TRIAL_PORT = 61000  # inside the tenant's own network namespace, so never anyone else's
 APACHE = "/usr/sbin/apache2"
@@ -63,6 +65,15 @@ class FragmentStore:
 
     def write_live(self, text):
         _write(self.path(LIVE), text)
+
+    def quarantine(self, text, reason):
+        """Set a failing live fragment aside (kept for the tenant) and go live with none."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        kept = f"{QUARANTINE_DIR}/{stamp}.conf"
+        _write(self.path(kept), text)
+        _write(self.path(f"{kept}.reason"), reason + "\n")
+        self.write_live(EMPTY)
+        return kept
 
 
 def _write(path, text):
@@ -201,13 +212,13 @@ class FragmentApplier:
         previous = self.store.live()
         with self._step("switch"):
             self.store.write_live(text)
-            self._graceful()
+            self.graceful()
         try:
             with self._step("health"):
                 self._healthy()
         except StepFailed as exc:
             self.store.write_live(previous)
-            self._graceful()
+            self.graceful()
             raise StepFailed(
                 f"after the switch the site failed its health check ({exc.message}); the "
                 "previous fragment was put back", tenant=self.tenant.name, step="health",
@@ -215,7 +226,7 @@ class FragmentApplier:
             ) from None
         return previous
 
-    def _graceful(self):
+    def graceful(self):
         master = self.backend.master_pid(self.tenant)
         if master is None:
             raise StepFailed("Apache is not running", tenant=self.tenant.name, step="switch",

@@ -14,6 +14,8 @@ log = logging.getLogger(__name__)
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 V1_CONTROLLERS = ("memory", "pids")
+# Used when mounted: CPU time for metering. Not required to cap a tenant.
+V1_OPTIONAL = ("cpuacct",)
 
 
 def detect_layout(root=CGROUP_ROOT):
@@ -66,13 +68,18 @@ class TenantCgroup:
     def parent_dirs(self):
         if self.layout == "v2":
             return [self.root / self.parent]
-        return [self.root / c / self.parent for c in V1_CONTROLLERS]
+        optional = [c for c in V1_OPTIONAL if (self.root / c).is_dir()]
+        return [self.root / c / self.parent for c in (*V1_CONTROLLERS, *optional)]
 
     def dirs(self):
         return [d / self.name for d in self.parent_dirs()]
 
     def exists(self):
         return any(d.is_dir() for d in self.dirs())
+
+    def complete(self):
+        """Present in every controller it uses (one may have been mounted since)."""
+        return all(d.is_dir() for d in self.dirs())
 
     def procs_files(self):
         """The files a process writes `0` into to join this cgroup."""
@@ -90,7 +97,7 @@ class TenantCgroup:
             _write_if_present(group / "memory.swap.max", 0)
             _write(group / "pids.max", max_pids)
         else:
-            memory, pids = self.dirs()
+            memory, pids = self.dirs()[:2]
             _write(memory / "memory.limit_in_bytes", memory_bytes)
             _write_if_present(memory / "memory.memsw.limit_in_bytes", memory_bytes)
             _write_if_present(memory / "memory.swappiness", 0)
@@ -144,16 +151,39 @@ class TenantCgroup:
             _rmdir(directory, quiet=True)
 
     def usage(self):
-        """Memory now and at peak, in bytes, and the number of processes."""
+        """Memory now, at peak and in page cache (bytes), CPU seconds, process count."""
         if self.layout == "v2":
             group = self.dirs()[0]
             current = _read_int(group / "memory.current")
             peak = _read_int(group / "memory.peak", default=current)
+            cache = _stat(group / "memory.stat").get("file", 0)
+            cpu = _stat(group / "cpu.stat").get("usage_usec", 0) / 1e6
         else:
             memory = self.dirs()[0]
             current = _read_int(memory / "memory.usage_in_bytes")
             peak = _read_int(memory / "memory.max_usage_in_bytes", default=current)
-        return {"memory_current": current, "memory_peak": peak, "processes": len(self.pids())}
+            cache = _stat(memory / "memory.stat").get("cache", 0)
+            cpuacct = [d for d in self.dirs() if d.parent.parent.name == "cpuacct"]
+            cpu = _read_int(cpuacct[0] / "cpuacct.usage") / 1e9 if cpuacct else 0.0
+        return {"memory_current": current, "memory_peak": peak, "memory_cache": cache,
+                "cpu_seconds": round(cpu, 3), "processes": len(self.pids())}
+
+    def set_pids_limit(self, max_pids):
+        pids = self.dirs()[0] if self.layout == "v2" else self.dirs()[1]
+        _write(pids / "pids.max", max_pids)
+
+    def set_memory_limit(self, memory_bytes):
+        """Change the memory cap of a running tenant (the kernel refuses one below use)."""
+        if self.layout == "v2":
+            _write(self.dirs()[0] / "memory.max", memory_bytes)
+        else:
+            memory = self.dirs()[0]
+            swap = memory / "memory.memsw.limit_in_bytes"
+            # memsw may never be below the memory limit: raise it first, lower it last.
+            if swap.exists() and memory_bytes > self.memory_limit():
+                _write(swap, memory_bytes)
+            _write(memory / "memory.limit_in_bytes", memory_bytes)
+            _write_if_present(swap, memory_bytes)
 
     def memory_limit(self):
         name = "memory.max" if self.layout == "v2" else "memory.limit_in_bytes"
@@ -176,6 +206,19 @@ def _read_int(path, default=0):
     except FileNotFoundError:
         return default
     return int(text) if text.isdigit() else default
+
+
+def _stat(path):
+    """A flat `key value` file (memory.stat, cpu.stat) as a dict of ints."""
+    values = {}
+    try:
+        for line in path.read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if value.strip().isdigit():
+                values[key] = int(value)
+    except FileNotFoundError:
+        pass
+    return values
 
 
 def _rmdir(directory, quiet=False):

@@ -1,7 +1,10 @@
 """Runs the playbooks through ansible-runner and turns its events into progress."""
 
+import dataclasses
+import difflib
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -9,6 +12,21 @@ from . import paths
 from .errors import ProvisionError
 
 log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class HostResult:
+    """What one Ansible run did to one tenant's guest."""
+
+    name: str
+    changed_tasks: list = dataclasses.field(default_factory=list)
+    diffs: list = dataclasses.field(default_factory=list)
+    failure: str | None = None
+    seen: bool = False
+
+    @property
+    def changed(self):
+        return len(self.changed_tasks)
 
 
 def runner_env(config):
@@ -36,60 +54,103 @@ def playbook_args(config, playbook="tenant.yml"):
     }
 
 
-def converge(config, tenant_name, progress=None, check=False, playbook="tenant.yml"):
-    """Apply `playbook` to one tenant's guest; return what changed, or raise ProvisionError.
+def _render_diff(diff):
+    if isinstance(diff, list):
+        return "".join(_render_diff(d) for d in diff)
+    if not isinstance(diff, dict):
+        return str(diff or "")
+    if "prepared" in diff:
+        return str(diff["prepared"])
+    before, after = diff.get("before", ""), diff.get("after", "")
+    if isinstance(before, dict) or isinstance(after, dict):
+        return f"- {before}\n+ {after}\n"
+    lines = difflib.unified_diff(
+        str(before).splitlines(keepends=True), str(after).splitlines(keepends=True),
+        fromfile=str(diff.get("before_header", "before")),
+        tofile=str(diff.get("after_header", "after")),
+    )
+    return "".join(lines)
 
+
+def _failure_message(res):
+    """What went wrong, from a task result; for a loop, from its first failed item."""
+    for item in res.get("results") or []:
+        if isinstance(item, dict) and item.get("failed"):
+            label = item.get("item")
+            return f"{label}: {_failure_message(item)}" if label else _failure_message(item)
+    return str(res.get("msg") or res.get("stderr") or res.get("module_stderr") or "").strip()
+
+
+def converge_many(config, names, progress=None, check=False, playbook="tenant.yml",
+                  run_name=None):
+    """Apply `playbook` to several tenants' guests in one Ansible run.
+
+    One tenant's failure does not stop the others; each gets its own HostResult. In
+    `check` mode nothing is changed and each result carries the diffs Ansible would make.
     `progress` is called with each task's name as it starts.
     """
     import ansible_runner  # imported here: it is large, and most commands never need it
 
-    run_dir = config.runs_dir / tenant_name
+    results = {name: HostResult(name) for name in names}
+    run_dir = config.runs_dir / (run_name or names[0])
     run_dir.mkdir(parents=True, exist_ok=True)
-    changed_tasks = []
-    failures = []
+    # ansible-runner keeps the last run's command line and variables under env/ and reuses
+    # them when an argument is not given: a --check run must not turn the next one into one.
+    shutil.rmtree(run_dir / "env", ignore_errors=True)
 
     def on_event(event):
         data = event.get("event_data", {})
         kind = event.get("event")
+        result = results.get(data.get("host"))
         if kind == "playbook_on_task_start" and progress:
             progress(data.get("task", ""))
-        elif kind == "runner_on_ok" and data.get("res", {}).get("changed"):
-            changed_tasks.append(data.get("task", ""))
+        if result is None:
+            return True
+        res = data.get("res", {})
+        if kind.startswith("runner_on_"):
+            result.seen = True
+        if kind == "runner_on_ok" and res.get("changed"):
+            result.changed_tasks.append(data.get("task", ""))
+            if check and res.get("diff"):
+                result.diffs.append({"task": data.get("task", ""),
+                                     "diff": _render_diff(res["diff"])})
         elif kind in ("runner_on_failed", "runner_on_unreachable") and not data.get(
             "ignore_errors"
         ):
-            res = data.get("res", {})
-            message = res.get("msg") or res.get("stderr") or res.get("module_stderr") or ""
-            failures.append((data.get("task", ""), str(message).strip()))
+            message = _failure_message(res)
+            if result.failure is None:
+                result.failure = f"task '{data.get('task', '')}' failed: " + (
+                    str(message).strip() or "no message")
         return True
 
     args = playbook_args(config, playbook)
-    cmdline = "--check --diff" if check else None
-    log.info("tenant %s: converging with %s", tenant_name, args["playbook"])
-    result = ansible_runner.run(
+    log.info("converging %s with %s%s", ", ".join(names), args["playbook"],
+             " (check only)" if check else "")
+    runner = ansible_runner.run(
         private_data_dir=str(run_dir),
-        limit=tenant_name,
+        limit=",".join(names),
         envvars=runner_env(config),
         event_handler=on_event,
         quiet=True,
         rotate_artifacts=5,
-        cmdline=cmdline,
+        cmdline="--check --diff" if check else None,
         **args,
     )
-    if result.status == "canceled":
-        raise ProvisionError("the Ansible run was interrupted", tenant=tenant_name,
-                             step="provision")
-    if result.status != "successful" or failures:
-        if failures:
-            task, message = failures[0]
-            reason = f"task '{task}' failed: {message or 'no message'}"
-        else:
-            tail = (result.stdout.read() if result.stdout else "").strip().splitlines()[-5:]
-            reason = f"ansible-playbook ended {result.status} (rc {result.rc}): " + " / ".join(
-                tail
-            )
-        raise ProvisionError(
-            reason, tenant=tenant_name, step="provision",
-            fix="fix the cause above; `-vv` shows every command orch ran",
-        )
-    return {"changed": len(changed_tasks), "changed_tasks": changed_tasks}
+    if runner.status == "canceled":
+        raise ProvisionError("the Ansible run was interrupted", step="provision")
+    for result in results.values():
+        if not result.seen and result.failure is None:
+            tail = (runner.stdout.read() if runner.stdout else "").strip().splitlines()[-3:]
+            result.failure = (f"ansible-playbook ended {runner.status} (rc {runner.rc}) "
+                              "without reaching this guest: " + " / ".join(tail))
+    return results
+
+
+def converge(config, tenant_name, progress=None, check=False, playbook="tenant.yml"):
+    """Apply `playbook` to one tenant's guest; return what changed, or raise ProvisionError."""
+    result = converge_many(config, [tenant_name], progress, check, playbook)[tenant_name]
+    if result.failure:
+        raise ProvisionError(result.failure, tenant=tenant_name, step="provision",
+                             fix="fix the cause above; `-vv` shows every command orch ran")
+    return {"changed": result.changed, "changed_tasks": result.changed_tasks,
+            "diffs": result.diffs}

@@ -31,6 +31,25 @@ CREATE TABLE IF NOT EXISTS resources (
     kind TEXT NOT NULL,
     data TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS samples (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant TEXT NOT NULL,
+    at REAL NOT NULL,
+    memory_current INTEGER NOT NULL,
+    memory_peak INTEGER NOT NULL,
+    memory_cache INTEGER NOT NULL,
+    cpu_seconds REAL NOT NULL,
+    processes INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS samples_by_time ON samples (at, tenant);
+CREATE TABLE IF NOT EXISTS converges (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant TEXT NOT NULL,
+    at REAL NOT NULL,
+    changed INTEGER NOT NULL,
+    failure TEXT,
+    report TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     tenant TEXT NOT NULL,
@@ -142,6 +161,11 @@ class Store:
             (state, failure, time.time(), name),
         )
 
+    def set_limits(self, name, memory_limit_bytes, max_clients):
+        self.db.execute(
+            "UPDATE tenants SET memory_limit_bytes = ?, max_clients = ?, updated_at = ?"
+            " WHERE name = ?", (memory_limit_bytes, max_clients, time.time(), name))
+
     def set_ansible_vars(self, name, variables):
         self.db.execute(
             "UPDATE tenants SET ansible_vars = ?, updated_at = ? WHERE name = ?",
@@ -152,6 +176,8 @@ class Store:
         with self.transaction() as db:
             db.execute("DELETE FROM resources WHERE tenant = ?", (name,))
             db.execute("DELETE FROM events WHERE tenant = ?", (name,))
+            db.execute("DELETE FROM converges WHERE tenant = ?", (name,))
+            db.execute("DELETE FROM samples WHERE tenant = ?", (name,))
             db.execute("DELETE FROM tenants WHERE name = ?", (name,))
 
     def add_resource(self, tenant, kind, **data):
@@ -169,6 +195,52 @@ class Store:
 
     def drop_resource(self, resource_id):
         self.db.execute("DELETE FROM resources WHERE id = ?", (resource_id,))
+
+    SAMPLE_FIELDS = ("memory_current", "memory_peak", "memory_cache", "cpu_seconds",
+                     "processes")
+
+    def add_sample(self, tenant, at, usage):
+        self.db.execute(
+            "INSERT INTO samples (tenant, at, memory_current, memory_peak, memory_cache,"
+            " cpu_seconds, processes) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (tenant, at, *(usage[f] for f in self.SAMPLE_FIELDS)),
+        )
+
+    def prune_samples(self, before):
+        self.db.execute("DELETE FROM samples WHERE at < ?", (before,))
+
+    def samples(self, start, end):
+        """Samples taken in [start, end], oldest first, grouped by tenant."""
+        grouped = {}
+        rows = self.db.execute(
+            "SELECT * FROM samples WHERE at >= ? AND at <= ? ORDER BY at, id", (start, end)
+        ).fetchall()
+        for row in rows:
+            grouped.setdefault(row["tenant"], []).append(dict(row))
+        return grouped
+
+    def latest_samples(self):
+        rows = self.db.execute(
+            "SELECT * FROM samples WHERE id IN (SELECT MAX(id) FROM samples GROUP BY tenant)"
+        ).fetchall()
+        return {row["tenant"]: dict(row) for row in rows}
+
+    def record_converge(self, tenant, report):
+        """When the tenant last converged, what changed, and any failure."""
+        self.db.execute(
+            "INSERT INTO converges (tenant, at, changed, failure, report) VALUES (?, ?, ?, ?, ?)",
+            (tenant, report["at"], len(report["changed"]), report["failure"],
+             json.dumps(report, sort_keys=True)),
+        )
+        self.db.execute(
+            "DELETE FROM converges WHERE tenant = ? AND id NOT IN (SELECT id FROM converges"
+            " WHERE tenant = ? ORDER BY id DESC LIMIT 20)", (tenant, tenant))
+
+    def last_converge(self, tenant):
+        row = self.db.execute(
+            "SELECT report FROM converges WHERE tenant = ? ORDER BY id DESC LIMIT 1", (tenant,)
+        ).fetchone()
+        return json.loads(row["report"]) if row else None
 
     def event(self, tenant, step, message, level="info"):
         self.db.execute(

@@ -76,6 +76,9 @@ class Host:
             facts["guest"] = f"unknown ({exc.message})"
             facts["master_pid"] = None
         facts["url"] = self.public_url(tenant)
+        last = self.store.last_converge(tenant.name)
+        facts["last_converge"] = ({k: last[k] for k in ("at", "changed", "actions", "failure")}
+                                  if last else None)
         return facts
 
     def public_url(self, tenant):
@@ -220,10 +223,15 @@ def start(host, name):
     return host.store.get(name)
 
 
-def stop(host, name):
+def stop(host, name, keep_state=False):
+    """Stop the tenant's server. `keep_state` (a host shutdown) leaves it marked running,
+    so `orch boot` starts it again."""
     with host.lock():
         tenant = host.tenant(name)
         host.backend(tenant.backend).stop(tenant)
+        if keep_state:
+            host.store.event(name, "stop", "stopped for a host shutdown")
+            return host.store.get(name)
         if tenant.state in ROUTED:
             host.store.set_state(name, "stopped")
             host.proxy.apply(host.routes(), tenant=name)
@@ -285,3 +293,42 @@ def check_through_proxy(host, tenant, path="/hello"):
             f"the front proxy answered {status} for {tenant.hostname}{path}: {body[:200]!r}",
             tenant=tenant.name, step="proxy",
         )
+
+
+def resize(host, name, memory=None, max_clients=None):
+    """Change a tenant's memory cap (live where the backend can) and worker count."""
+    from . import reprovision
+    from .spec import check_limits, parse_size
+
+    with host.lock():
+        tenant = host.tenant(name)
+        memory_bytes = parse_size(memory) if memory is not None else tenant.memory_limit_bytes
+        clients = max_clients if max_clients is not None else tenant.max_clients
+        try:
+            check_limits(memory_bytes, clients)
+        except BadInput as exc:
+            exc.tenant = name
+            raise
+        capacity.admit(host.config, host.store.tenants(), memory_bytes, name)
+        backend = host.backend(tenant.backend)
+        if memory_bytes != tenant.memory_limit_bytes:
+            if not backend.can_resize_live:
+                raise BadInput(f"backend {tenant.backend} cannot change memory live",
+                               tenant=name, step="resize",
+                               fix=f"stop the tenant first: orch stop {name}")
+            try:
+                backend.resize(tenant, memory_bytes, clients)
+            except OSError as exc:
+                raise StepFailed(
+                    f"the kernel refused a {memory_bytes >> 20} MiB cap: {exc.strerror}",
+                    tenant=name, step="resize",
+                    fix="the tenant uses more than that now; give a larger size",
+                ) from None
+        host.store.set_limits(name, memory_bytes, clients)
+        host.store.event(name, "resize", f"memory {memory_bytes}, max clients {clients}")
+    if clients != tenant.max_clients and tenant.state in ("running", "stopped"):
+        # MaxRequestWorkers lives in the main httpd.conf: converge it, then restart gracefully.
+        reports = reprovision.reprovision(host, [name])
+        if reports[0]["failure"]:
+            raise StepFailed(reports[0]["failure"], tenant=name, step="resize")
+    return host.store.get(name)

@@ -52,6 +52,14 @@ class Backend(abc.ABC):
     def usage(self, tenant):
         """Memory (current and peak, bytes) and process count of the guest."""
 
+    def resize(self, tenant, memory_bytes, max_clients):
+        """Apply new caps to a running guest (only when `can_resize_live`)."""
+        raise NotImplementedError(f"backend {self.kind} cannot resize a running guest")
+
+    def inspect(self, tenant):
+        """What of a running guest is missing on the host, in words; empty when whole."""
+        return [] if self.status(tenant) == "running" else ["Apache is not running"]
+
     def master_pid(self, tenant):
         """The host pid of the guest's Apache master, or None when not known."""
         return None

@@ -212,11 +212,16 @@ class JailBackend(Backend):
         names = self.names(tenant)
         if not os.path.ismount(self.root(tenant)):
             self._mount_root(tenant, images.rootfs_for(self.config))
+        if (NETNS_DIR / names["netns"]).exists() and not Path(
+                f"/sys/class/net/{names['link']}").exists():
+            # Half a network (its link deleted): make it again whole.
+            hostcmd.run(["ip", "netns", "delete", names["netns"]], tenant=tenant.name,
+                        step="start")
         if not (NETNS_DIR / names["netns"]).exists():
             self._guard_pool(tenant)
             self._make_network(tenant, names)
         group = self.cgroup(tenant)
-        if not group.exists():
+        if not group.complete():
             group.create(tenant.memory_limit_bytes, limits.pids_for(tenant.max_clients))
 
     def stop(self, tenant, timeout=10.0):
@@ -262,6 +267,21 @@ class JailBackend(Backend):
             if path.exists():
                 shutil.rmtree(path)
 
+    def inspect(self, tenant):
+        names = self.names(tenant)
+        found = []
+        if not os.path.ismount(self.root(tenant)):
+            found.append(f"root {self.root(tenant)} is not mounted")
+        if not (NETNS_DIR / names["netns"]).exists():
+            found.append(f"network namespace {names['netns']} is gone")
+        if not Path(f"/sys/class/net/{names['link']}").exists():
+            found.append(f"link {names['link']} is gone")
+        if not self.cgroup(tenant).complete():
+            found.append("cgroup is gone")
+        if self.status(tenant) != "running":
+            found.append("Apache is not running")
+        return found
+
     def status(self, tenant):
         group = self.cgroup(tenant)
         return "running" if group.exists() and group.pids() else "stopped"
@@ -288,6 +308,13 @@ class JailBackend(Backend):
 
     def usage(self, tenant):
         return self.cgroup(tenant).usage()
+
+    def resize(self, tenant, memory_bytes, max_clients):
+        group = self.cgroup(tenant)
+        for directory in group.dirs():
+            directory.mkdir(parents=True, exist_ok=True)  # a controller mounted since
+        group.set_memory_limit(memory_bytes)
+        group.set_pids_limit(limits.pids_for(max_clients))
 
     def _enter(self, tenant, as_root=False):
         """The command prefix that puts a program inside the running guest, as the tenant.

@@ -93,7 +93,8 @@ class Orch:
             found += [f"cgroup {g}" for g in Path("/sys/fs/cgroup").glob(pattern)]
         for folder in ("tenants", "runs"):
             if (self.home / folder).is_dir():
-                found += [f"dir {d}" for d in (self.home / folder).iterdir()]
+                found += [f"dir {d}" for d in (self.home / folder).iterdir()
+                      if not d.name.startswith("_")]  # orch's own runs, not a tenant's
         return found
 
 
@@ -149,7 +150,10 @@ def tenant_processes(orch, name):
         procs.update(int(p) for p in path.read_text().split())
     result = []
     for pid in sorted(procs):
-        status = Path(f"/proc/{pid}/status").read_text()
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:  # ended between the two reads
+            continue
         uid = int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
         result.append((pid, uid, status))
     return result

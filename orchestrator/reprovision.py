@@ -1,0 +1,151 @@
+"""`orch reprovision`: put guests back to what the roles say, and report the drift.
+
+One Ansible run converges every tenant asked for; a tenant that fails does not stop the
+others. Afterwards each running tenant is brought in line: Apache started if it had
+stopped, the tenant's own draft fragment picked up through the same checks as
+`orch tenant-config` (and set aside, for the tenant to see, when it fails them), and a
+graceful restart when the converge changed the guest. `--check` reports what would
+change, with diffs, and changes nothing.
+"""
+
+import logging
+import time
+
+from . import fragments, provision
+from .errors import BadInput, OrchError, StepFailed
+from .httpdconf import FragmentRefused
+
+log = logging.getLogger(__name__)
+
+DRAFT = "/srv/tenant/conf/httpd.conf"
+QUARANTINE = "/srv/tenant/conf/httpd.conf.quarantined"
+CONVERGEABLE = ("running", "stopped")
+
+
+def reprovision(host, names, check=False, progress=None):
+    """Converge the named tenants; return one report per tenant, in name order."""
+    with host.lock():
+        tenants = [host.tenant(name) for name in sorted(set(names))]
+        reports = {t.name: _report(t) for t in tenants}
+        ready = [t for t in tenants if t.state in CONVERGEABLE]
+        for tenant in tenants:
+            if tenant.state not in CONVERGEABLE:
+                reports[tenant.name]["failure"] = (
+                    f"tenant is {tenant.state}; run `orch delete-tenant {tenant.name}`")
+        if ready:
+            step = "check" if check else "converge"
+            context = progress.step(step) if progress else _null()
+            with context:
+                results = provision.converge_many(
+                    host.config, [t.name for t in ready], check=check,
+                    progress=progress.detail if progress else None, run_name="_reprovision",
+                )
+        for tenant in ready:
+            report = reports[tenant.name]
+            result = results[tenant.name]
+            report["changed"] = result.changed_tasks
+            report["diffs"] = result.diffs
+            if result.failure:
+                report["failure"] = result.failure
+            elif check:
+                _check_guest(host, tenant, report)
+            else:
+                try:
+                    _settle(host, tenant, result, report)
+                except OrchError as exc:
+                    report["failure"] = str(exc)
+            if not check:
+                host.store.record_converge(tenant.name, report)
+    return [reports[name] for name in sorted(reports)]
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _report(tenant):
+    return {"name": tenant.name, "changed": [], "diffs": [], "actions": [], "drift": [],
+            "failure": None, "at": time.time()}
+
+
+def _check_guest(host, tenant, report):
+    backend = host.backend(tenant.backend)
+    if tenant.state == "running" and backend.status(tenant) != "running":
+        report["drift"].append("Apache is not running")
+        return
+    if tenant.state == "running":
+        draft = _read_draft(host, tenant)
+        live = fragments.FragmentStore(backend.guest_root(tenant)).live()
+        if draft is not None and draft != live:
+            report["drift"].append(f"the tenant's draft {DRAFT} differs from the live fragment")
+
+
+def _settle(host, tenant, result, report):
+    """After a converge: Apache running, the draft picked up, the new config loaded."""
+    from .tenants import wait_healthy
+
+    if tenant.state != "running":
+        return
+    backend = host.backend(tenant.backend)
+    if backend.status(tenant) != "running":
+        backend.start(tenant)
+        wait_healthy(host, tenant)
+        report["actions"].append("started Apache, which was not running")
+        return
+
+    applier = fragments.FragmentApplier(host, tenant)
+    draft = _read_draft(host, tenant)
+    if draft is not None and draft != applier.store.live():
+        try:
+            applier.check(draft)
+        except FragmentRefused as exc:
+            _quarantine(backend, tenant, draft, exc)
+            report["actions"].append(f"set the draft fragment aside as {QUARANTINE}: "
+                                     f"{exc.message}")
+        else:
+            previous = applier.switch(draft)
+            applier.store.push_history(previous)
+            report["actions"].append("the tenant's draft fragment went live")
+            return
+    if result.changed:
+        live = applier.store.live()
+        try:
+            applier.check(live)
+        except FragmentRefused as exc:
+            try:
+                applier.check(fragments.EMPTY)
+            except FragmentRefused as base_exc:
+                raise StepFailed(
+                    f"the converged configuration fails even without the tenant's fragment "
+                    f"({base_exc.message}); Apache keeps the configuration it runs",
+                    tenant=tenant.name, step="reprovision",
+                    fix="see the converge's changes above, or run it again",
+                ) from None
+            kept = applier.store.quarantine(live, str(exc))
+            report["actions"].append(f"set the live fragment aside as /{kept}: {exc.message}")
+        applier.graceful()
+        report["actions"].append("graceful restart with the converged configuration")
+
+
+def _read_draft(host, tenant):
+    backend = host.backend(tenant.backend)
+    done = backend.execute(tenant, ["cat", "--", DRAFT])
+    return done.stdout if done.returncode == 0 else None
+
+
+def _quarantine(backend, tenant, draft, exc):
+    """Move the tenant's draft aside, with the reason beside it, as the tenant."""
+    backend.execute(tenant, ["mv", "-f", "--", DRAFT, QUARANTINE])
+    backend.execute(tenant, ["tee", "--", QUARANTINE + ".reason"],
+                    input=f"{exc}\n")
+
+
+def names_for(host, name, every):
+    if every == bool(name):
+        raise BadInput("give one tenant name or --all", step="parse",
+                       fix="orch reprovision NAME, or orch reprovision --all")
+    return [t.name for t in host.store.tenants()] if every else [name]

@@ -22,6 +22,19 @@ def _start(host, tenant):
     wait_healthy(host, tenant)
 
 
+def _answers(tenant, timeout=5.0):
+    import http.client
+
+    conn = http.client.HTTPConnection(tenant.address, tenant.port, timeout=timeout)
+    try:
+        conn.request("GET", "/hello", headers={"Host": tenant.hostname})
+        return conn.getresponse().status < 500
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
 def boot(host, progress=None):
     """Start every autostart tenant that should run, then the proxy; report each."""
     results = []
@@ -59,6 +72,10 @@ def reconcile(host):
             backend = host.backend(tenant.backend)
             found = backend.inspect(tenant) if tenant.state in ("running", "stopped") else []
             done = []
+            if tenant.state == "running" and not found and not _answers(tenant):
+                # A master that outlived its children (or hangs) is not a healthy server.
+                found = ["Apache runs but does not answer"]
+                backend.stop(tenant)
             if tenant.state == "running" and found:
                 try:
                     _start(host, tenant)

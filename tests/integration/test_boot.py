@@ -93,6 +93,24 @@ def test_reconcile_finds_and_repairs(orch):
     assert [r["found"] for r in doc["tenants"]] == [[]]
 
 
+def test_a_master_without_answering_children_is_restarted(orch):
+    orch.create("hollow")
+    master = orch.show("hollow")["master_pid"]
+    hung = [pid for pid, _, _ in tenant_processes(orch, "hollow")]
+    for pid in hung:  # alive, in its cgroup, but no worker answers
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        code, doc = orch.json("reconcile")
+        reports = {r["name"]: r for r in doc["tenants"]}
+        assert "Apache runs but does not answer" in reports["hollow"]["found"]
+    finally:
+        for pid in hung:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+    assert orch.show("hollow")["master_pid"] != master
+    assert orch.get("hollow.example.test")[0] == 200
+
+
 def test_stop_for_shutdown_keeps_the_tenant_for_boot(orch):
     orch.create("keeper")
     orch.run("stop", "--keep-state", "keeper")

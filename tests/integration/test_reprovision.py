@@ -130,7 +130,7 @@ def test_one_failing_tenant_does_not_stop_the_others(fleet):
     try:
         code, reports = again(fleet, "--all")
         assert code == 1
-        assert "there is an existing file" in (reports["rone"]["failure"] or ""), reports
+        assert "already exists as a file" in (reports["rone"]["failure"] or ""), reports
         assert reports["rtwo"]["failure"] is None
         assert fleet.get("rtwo.example.test")[0] == 200
         assert fleet.get("rone.example.test")[0] == 200  # still serving what it had

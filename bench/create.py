@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from orchestrator import config as config_mod, images, paths
+from orchestrator import config as config_mod, images, paths, probe
 from orchestrator.proxy import FrontProxy
 
 REPO = paths.PROJECT
@@ -97,9 +97,8 @@ def floor_run(base, tenant, upper, scratch):
     finally:
         # Apache is PID 1 of its namespace, a child of unshare: killing it by its pid ends
         # the namespace. (--kill-child alone is not enough: setpriv's uid change clears it.)
-        for child in Path(f"/proc/{apache.pid}/task").glob("*/children"):
-            for pid in child.read_text().split():
-                os.kill(int(pid), signal.SIGKILL)
+        for pid in probe.children(apache.pid):
+            os.kill(pid, signal.SIGKILL)
         apache.wait()
         subprocess.run(["umount", "--", str(root)], check=True)
         shutil.rmtree(scratch)

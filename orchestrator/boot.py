@@ -9,6 +9,7 @@ repairs each difference, saying what it found and what it did.
 
 import logging
 
+from . import probe
 from .errors import OrchError
 
 log = logging.getLogger(__name__)
@@ -23,16 +24,12 @@ def _start(host, tenant):
 
 
 def _answers(tenant, timeout=5.0):
-    import http.client
-
-    conn = http.client.HTTPConnection(tenant.address, tenant.port, timeout=timeout)
     try:
-        conn.request("GET", "/hello", headers={"Host": tenant.hostname})
-        return conn.getresponse().status < 500
+        status, _, _ = probe.get(tenant.address, tenant.port, tenant.hostname, "/hello",
+                                 timeout)
     except OSError:
         return False
-    finally:
-        conn.close()
+    return status < 500
 
 
 def boot(host, progress=None):

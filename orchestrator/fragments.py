@@ -8,7 +8,6 @@ previous fragment is put back the same way. The last few live fragments are kept
 """
 
 import contextlib
-import http.client
 import logging
 import os
 import signal
@@ -16,7 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from . import httpdconf
+from . import httpdconf, probe
 from .errors import StepFailed
 from .httpdconf import FragmentRefused
 
@@ -198,10 +197,7 @@ class FragmentApplier:
             if proc.poll() is not None:
                 return False
             try:
-                conn = http.client.HTTPConnection(self.tenant.address, TRIAL_PORT, timeout=2)
-                conn.request("GET", "/", headers={"Host": self.tenant.hostname})
-                status = conn.getresponse().status
-                conn.close()
+                status, _, _ = probe.get(self.tenant.address, TRIAL_PORT, self.tenant.hostname)
                 return status < 500
             except OSError:
                 time.sleep(0.1)
@@ -231,14 +227,14 @@ class FragmentApplier:
         if master is None:
             raise StepFailed("Apache is not running", tenant=self.tenant.name, step="switch",
                              fix=f"run `orch start {self.tenant.name}`")
-        before = _children(master)
+        before = probe.children(master)
         os.kill(master, signal.SIGUSR1)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if not Path(f"/proc/{master}").exists():
                 raise StepFailed("Apache exited during the graceful restart",
                                  tenant=self.tenant.name, step="switch")
-            now = _children(master)
+            now = probe.children(master)
             if now and not (now & before):
                 return
             time.sleep(0.1)
@@ -256,34 +252,19 @@ class FragmentApplier:
                              tenant=self.tenant.name, step="health")
 
 
-def _children(pid):
-    found = set()
-    for task in Path(f"/proc/{pid}/task").glob("*/children"):
-        with contextlib.suppress(FileNotFoundError):
-            found.update(int(p) for p in task.read_text().split())
-    return found
-
-
-def _descendants(pid):
-    found = set()
-    for child in _children(pid):
-        found |= {child} | _descendants(child)
-    return found
-
-
 def _stop_spawned(proc):
     """Stop a trial Apache and all its children, by the pids found under our nsenter.
 
     The trial master is nsenter's child; its own children would be left to the tenant's
     real master (PID 1 of the namespace) if it died alone, so each is killed by its pid.
     """
-    tree = _descendants(proc.pid)
-    for pid in _children(proc.pid):
+    tree = probe.descendants(proc.pid)
+    for pid in probe.children(proc.pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=5)
-    for pid in tree | _descendants(proc.pid):
+    for pid in tree | probe.descendants(proc.pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(ProcessLookupError):

@@ -11,7 +11,6 @@ left beside the live file for inspection and the running proxy keeps its old rou
 """
 
 import dataclasses
-import http.client
 import logging
 import os
 import re
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import jinja2
 
-from . import hostcmd
+from . import hostcmd, probe
 from .errors import HostCommandError, ProxyError
 
 log = logging.getLogger(__name__)
@@ -118,12 +117,12 @@ class FrontProxy:
 
     def _reload(self, tenant):
         master = self.pid()
-        before = _children(master)
+        before = probe.children(master)
         hostcmd.run(self._nginx("-s", "reload"), tenant=tenant, step="proxy")
         # A reload is asynchronous: wait until the workers that knew the old routes are gone.
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            now = _children(master)
+            now = probe.children(master)
             if now and not (now & before):
                 return
             time.sleep(0.05)
@@ -155,26 +154,7 @@ class FrontProxy:
 
     def get(self, hostname, path="/", timeout=5.0):
         """One request through the proxy with this Host header: (status, body, headers)."""
-        conn = http.client.HTTPConnection(self.local_address, self.config.proxy_port,
-                                          timeout=timeout)
-        try:
-            conn.request("GET", path, headers={"Host": hostname})
-            response = conn.getresponse()
-            return response.status, response.read().decode(errors="replace"), response.headers
-        finally:
-            conn.close()
-
-
-def _children(pid):
-    children = set()
-    if pid is None:
-        return children
-    for task in Path(f"/proc/{pid}/task").glob("*/children"):
-        try:
-            children.update(int(p) for p in task.read_text().split())
-        except FileNotFoundError:
-            continue
-    return children
+        return probe.get(self.local_address, self.config.proxy_port, hostname, path, timeout)
 
 
 def port_holder(port):

@@ -2,12 +2,11 @@
 
 import contextlib
 import fcntl
-import http.client
 import logging
 import shutil
 import time
 
-from . import allocate, capacity, images, provision
+from . import allocate, capacity, images, probe, provision
 from .backends import get_backend
 from .errors import BadInput, NotFound, OrchError, StepFailed
 from .progress import Progress
@@ -239,16 +238,6 @@ def stop(host, name, keep_state=False):
     return host.store.get(name)
 
 
-def _get(address, port, hostname, path, timeout=2.0):
-    conn = http.client.HTTPConnection(address, port, timeout=timeout)
-    try:
-        conn.request("GET", path, headers={"Host": hostname})
-        response = conn.getresponse()
-        return response.status, response.read().decode(errors="replace")
-    finally:
-        conn.close()
-
-
 def wait_healthy(host, tenant, path="/hello"):
     """Wait for HTTP 200 from the tenant's backend itself, or say why it never came.
 
@@ -261,7 +250,7 @@ def wait_healthy(host, tenant, path="/hello"):
     last = "no answer yet"
     while time.monotonic() < deadline:
         try:
-            status, body = _get(tenant.address, tenant.port, tenant.hostname, path)
+            status, body, _ = probe.get(tenant.address, tenant.port, tenant.hostname, path)
             if status == 200:
                 return body
             last = f"HTTP {status}"

@@ -51,7 +51,11 @@ class Config:
     host_reserve_bytes: int = 1 << 30
     overcommit: float = 1.0
     default_memory_bytes: int = 512 << 20
-    default_max_clients: int = 8
+    #: None: MaxRequestWorkers follows from the memory cap and child_size_bytes.
+    default_max_clients: int | None = None
+    child_size_bytes: int = 48 << 20
+    open_files: int = 4096
+    cpu_weight: int = 100
     health_timeout: float = 30.0
 
     @property
@@ -118,7 +122,8 @@ _KNOWN = {
     "proxy": {"address": str, "port": int, "user": str},
     "cgroups": {"parent": str},
     "capacity": {"host_reserve": (str, int), "overcommit": (int, float)},
-    "defaults": {"memory": (str, int), "max_clients": int, "health_timeout": (int, float)},
+    "defaults": {"memory": (str, int), "max_clients": int, "health_timeout": (int, float),
+                 "child_size": (str, int), "open_files": int, "cpu_weight": int},
 }
 
 
@@ -193,6 +198,8 @@ def from_mapping(raw, home, source="config"):
             fields["host_reserve_bytes"] = parse_size(get("capacity", "host_reserve"))
         if get("defaults", "memory") is not None:
             fields["default_memory_bytes"] = parse_size(get("defaults", "memory"))
+        if get("defaults", "child_size") is not None:
+            fields["child_size_bytes"] = parse_size(get("defaults", "child_size"))
     except BadInput as exc:
         raise ConfigError(exc.message, step="config", fix=exc.fix) from None
     for section, key, field in (("capacity", "overcommit", "overcommit"),
@@ -204,6 +211,9 @@ def from_mapping(raw, home, source="config"):
             fields[field] = float(value)
     if get("defaults", "max_clients") is not None:
         fields["default_max_clients"] = get("defaults", "max_clients")
+    for key in ("open_files", "cpu_weight"):
+        if get("defaults", key) is not None:
+            fields[key] = get("defaults", key)
     config = Config(**fields)
     check(config)
     return config
@@ -241,6 +251,16 @@ def check(config, local_ports=None):
         raise ConfigError(f"[proxy] user {config.proxy_user!r} is not a user on this host",
                           step="config", fix="name an existing user, like www-data") from None
     try:
-        check_limits(config.default_memory_bytes, config.default_max_clients)
+        check_limits(config.default_memory_bytes, 1 if config.default_max_clients is None
+                     else config.default_max_clients)
     except BadInput as exc:
         raise ConfigError(f"[defaults]: {exc.message}", step="config") from None
+    if not 64 <= config.open_files <= 1 << 20:
+        raise ConfigError(f"[defaults] open_files {config.open_files} is outside 64-1048576",
+                          step="config", fix="4096 suits most sites")
+    if not 1 <= config.cpu_weight <= 10000:
+        raise ConfigError(f"[defaults] cpu_weight {config.cpu_weight} is outside 1-10000",
+                          step="config", fix="100 is an even share")
+    if config.child_size_bytes < 4 << 20:
+        raise ConfigError("[defaults] child_size is below 4M", step="config",
+                          fix="measure an idle mod_perl child; 48M is typical")

@@ -14,8 +14,8 @@ log = logging.getLogger(__name__)
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 V1_CONTROLLERS = ("memory", "pids")
-# Used when mounted: CPU time for metering. Not required to cap a tenant.
-V1_OPTIONAL = ("cpuacct",)
+# Used when mounted: CPU time for metering, CPU weight. Not required to cap a tenant.
+V1_OPTIONAL = ("cpuacct", "cpu")
 
 
 def detect_layout(root=CGROUP_ROOT):
@@ -68,8 +68,14 @@ class TenantCgroup:
     def parent_dirs(self):
         if self.layout == "v2":
             return [self.root / self.parent]
-        optional = [c for c in V1_OPTIONAL if (self.root / c).is_dir()]
-        return [self.root / c / self.parent for c in (*V1_CONTROLLERS, *optional)]
+        found, seen = [], set()
+        for controller in (*V1_CONTROLLERS, *V1_OPTIONAL):
+            mount = self.root / controller
+            # cpu and cpuacct are often one hierarchy under two names: use it once.
+            if mount.is_dir() and mount.resolve() not in seen:
+                seen.add(mount.resolve())
+                found.append(mount / self.parent)
+        return found
 
     def dirs(self):
         return [d / self.name for d in self.parent_dirs()]
@@ -85,8 +91,12 @@ class TenantCgroup:
         """The files a process writes `0` into to join this cgroup."""
         return [d / "cgroup.procs" for d in self.dirs()]
 
-    def create(self, memory_bytes, max_pids):
-        """Make the cgroup and set its caps; swap may not be used to pass the memory cap."""
+    def create(self, memory_bytes, max_pids, cpu_weight=100):
+        """Make the cgroup and set its caps; swap may not be used to pass the memory cap.
+
+        `cpu_weight` (1-10000, 100 an even share) sets cpu.weight on v2 and cpu.shares
+        (1024 for 100) on v1, where the cpu and cpuacct controllers share one hierarchy.
+        """
         if self.layout == "v2":
             self._enable_v2_controllers()
         for directory in self.dirs():
@@ -96,19 +106,24 @@ class TenantCgroup:
             _write(group / "memory.max", memory_bytes)
             _write_if_present(group / "memory.swap.max", 0)
             _write(group / "pids.max", max_pids)
+            _write_if_present(group / "cpu.weight", cpu_weight)
         else:
             memory, pids = self.dirs()[:2]
             _write(memory / "memory.limit_in_bytes", memory_bytes)
             _write_if_present(memory / "memory.memsw.limit_in_bytes", memory_bytes)
             _write_if_present(memory / "memory.swappiness", 0)
             _write(pids / "pids.max", max_pids)
+            for directory in self.dirs()[2:]:
+                _write_if_present(directory / "cpu.shares", max(2, cpu_weight * 1024 // 100))
 
     def _enable_v2_controllers(self):
         for directory in (self.root, self.root / self.parent):
             directory.mkdir(exist_ok=True)
             control = directory / "cgroup.subtree_control"
             enabled = control.read_text().split() if control.exists() else []
-            wanted = [f"+{c}" for c in ("memory", "pids") if c not in enabled]
+            available = (self.root / "cgroup.controllers").read_text().split()
+            wanted = [f"+{c}" for c in ("memory", "pids", "cpu")
+                      if c not in enabled and (c != "cpu" or c in available)]
             if wanted:
                 _write(control, " ".join(wanted))
 

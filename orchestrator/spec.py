@@ -135,6 +135,14 @@ def check_limits(memory_limit_bytes, max_clients):
         )
 
 
+MASTER_SIZE = 64 << 20  # the Apache master and the room a graceful restart needs
+
+
+def workers_for(memory_bytes, child_size_bytes):
+    """MaxRequestWorkers that fit the memory cap: what is left after the master, per child."""
+    return max(1, min(MAX_CLIENTS, (memory_bytes - MASTER_SIZE) // child_size_bytes))
+
+
 def derived_names(name, link_index):
     """Every name the host derives from a tenant, each checked against its own limit."""
     names = {
@@ -174,7 +182,12 @@ def make_spec(name, hostname, backend="jail", memory=None, max_clients=None, *, 
     except BadInput as exc:
         raise BadInput(f"--memory {exc.message}", tenant=name, step="validate",
                        fix=exc.fix) from None
-    clients = int(max_clients) if max_clients is not None else defaults.default_max_clients
+    if max_clients is not None:
+        clients = int(max_clients)
+    elif defaults.default_max_clients is not None:
+        clients = defaults.default_max_clients
+    else:
+        clients = workers_for(memory_bytes, defaults.child_size_bytes)
     try:
         check_limits(memory_bytes, clients)
     except BadInput as exc:

@@ -127,7 +127,8 @@ class JailBackend(Backend):
             (tdir / sub).mkdir(mode=0o755)
 
         record("cgroup", parent=group.parent, name=group.name)
-        group.create(tenant.memory_limit_bytes, limits.pids_for(tenant.max_clients))
+        group.create(tenant.memory_limit_bytes, limits.pids_for(tenant.max_clients),
+                     self.config.cpu_weight)
 
         self._guard_pool(tenant)
         record("netns", name=names["netns"])
@@ -189,7 +190,8 @@ class JailBackend(Backend):
             sys.executable, "-m", "orchestrator.backends.jail_launch",
             "--root", self.root(tenant), "--netns", NETNS_DIR / names["netns"],
             "--uid", tenant.uid, "--gid", tenant.gid, "--hostname", names["dns_label"],
-            "--proc", "--cgroup-procs", *group.procs_files(), "--", *APACHE,
+            "--proc", "--nofile", self.config.open_files,
+            "--cgroup-procs", *group.procs_files(), "--", *APACHE,
         ]
         with open(log_path, "ab") as console:
             console.write(f"--- start {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
@@ -222,7 +224,8 @@ class JailBackend(Backend):
             self._make_network(tenant, names)
         group = self.cgroup(tenant)
         if not group.complete():
-            group.create(tenant.memory_limit_bytes, limits.pids_for(tenant.max_clients))
+            group.create(tenant.memory_limit_bytes, limits.pids_for(tenant.max_clients),
+                         self.config.cpu_weight)
 
     def stop(self, tenant, timeout=10.0):
         group = self.cgroup(tenant)

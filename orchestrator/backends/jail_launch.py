@@ -17,6 +17,7 @@ Only the standard library is used here: this module starts once per guest start.
 import argparse
 import ctypes
 import os
+import resource
 import sys
 
 CLONE_NEWNS = 0x00020000
@@ -71,6 +72,8 @@ def _first_process(args):
         _check(_libc.sethostname(name, len(name)), "sethostname")
     os.chroot(args.root)
     os.chdir("/")
+    if args.nofile:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (args.nofile, args.nofile))
     _drop_privileges(args.uid, args.gid)
     os.environ.clear()
     os.environ.update({"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"})
@@ -86,6 +89,7 @@ def main(argv=None):
     parser.add_argument("--cgroup-procs", nargs="*", default=[])
     parser.add_argument("--hostname")
     parser.add_argument("--proc", action="store_true", help="mount a /proc of its own")
+    parser.add_argument("--nofile", type=int, help="cap on open files (RLIMIT_NOFILE)")
     parser.add_argument("program", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if args.program[:1] == ["--"]:

@@ -49,14 +49,15 @@ def test_drift_is_reported_then_removed(fleet):
     before = masters(fleet)
     (root(fleet, "rone") / HANDLER).unlink()
     main = root(fleet, "rtwo") / MAIN
-    main.write_text(main.read_text().replace("MaxRequestWorkers 8", "MaxRequestWorkers 200"))
+    workers = f"MaxRequestWorkers {fleet.show('rtwo')['max_clients']}"
+    main.write_text(main.read_text().replace(workers, "MaxRequestWorkers 200"))
 
     code, reports = again(fleet, "--all", "--check")
     assert code == 0
     assert "Install the demo mod_perl handler" in reports["rone"]["changed"]
     assert "Write the operator's main httpd.conf" in reports["rtwo"]["changed"]
     diff = "".join(d["diff"] for d in reports["rtwo"]["diffs"])
-    assert "-MaxRequestWorkers 200" in diff and "+MaxRequestWorkers 8" in diff
+    assert "-MaxRequestWorkers 200" in diff and f"+{workers}" in diff
     assert not (root(fleet, "rone") / HANDLER).exists()  # --check changed nothing
     assert "MaxRequestWorkers 200" in main.read_text()
     assert masters(fleet) == before
@@ -64,7 +65,7 @@ def test_drift_is_reported_then_removed(fleet):
     code, reports = again(fleet, "--all")
     assert code == 0, reports
     assert (root(fleet, "rone") / HANDLER).exists()
-    assert "MaxRequestWorkers 8\n" in main.read_text()
+    assert f"{workers}\n" in main.read_text()
     assert any("graceful" in a for a in reports["rtwo"]["actions"])
     assert fleet.get("rone.example.test")[0] == 200
     assert fleet.get("rtwo.example.test")[0] == 200

@@ -30,12 +30,16 @@ def test_v1_caps_memory_without_swap_and_processes(tmp_path):
     for d in group.dirs():
         d.mkdir(parents=True)
     (group.dirs()[0] / "memory.memsw.limit_in_bytes").write_text("")
-    group.create(256 << 20, 48)
-    memory, pids = group.dirs()
+    (root / "cpuacct" / "orch" / "acme").mkdir(parents=True)
+    (root / "cpuacct" / "orch" / "acme" / "cpu.shares").write_text("1024\n")
+    group = limits.TenantCgroup("orch", "acme", root=root)
+    group.create(256 << 20, 48, cpu_weight=200)
+    assert (root / "cpuacct" / "orch" / "acme" / "cpu.shares").read_text() == "2048\n"
+    memory, pids = group.dirs()[:2]
     assert (memory / "memory.limit_in_bytes").read_text() == f"{256 << 20}\n"
     assert (memory / "memory.memsw.limit_in_bytes").read_text() == f"{256 << 20}\n"
     assert (pids / "pids.max").read_text() == "48\n"
-    assert group.procs_files() == [memory / "cgroup.procs", pids / "cgroup.procs"]
+    assert group.procs_files()[:2] == [memory / "cgroup.procs", pids / "cgroup.procs"]
 
 
 def test_v2_enables_controllers_and_sets_caps(tmp_path):
@@ -43,9 +47,11 @@ def test_v2_enables_controllers_and_sets_caps(tmp_path):
     group = limits.TenantCgroup("orch", "acme", root=root)
     group.dirs()[0].mkdir(parents=True)
     (group.dirs()[0] / "memory.swap.max").write_text("max\n")
-    group.create(128 << 20, 64)
-    assert (root / "cgroup.subtree_control").read_text() == "+memory +pids\n"
-    assert (root / "orch" / "cgroup.subtree_control").read_text() == "+memory +pids\n"
+    (group.dirs()[0] / "cpu.weight").write_text("100\n")
+    group.create(128 << 20, 64, cpu_weight=50)
+    assert (root / "cgroup.subtree_control").read_text() == "+memory +pids +cpu\n"
+    assert (root / "orch" / "cgroup.subtree_control").read_text() == "+memory +pids +cpu\n"
+    assert (group.dirs()[0] / "cpu.weight").read_text() == "50\n"
     assert (group.dirs()[0] / "memory.max").read_text() == f"{128 << 20}\n"
     assert (group.dirs()[0] / "memory.swap.max").read_text() == "0\n"
     assert (group.dirs()[0] / "pids.max").read_text() == "64\n"

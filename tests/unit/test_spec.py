@@ -73,3 +73,14 @@ def test_limits(config):
     made = spec.make_spec("acme", "A.example.test", defaults=config, existing_user=never_a_user)
     assert made.hostname == "a.example.test"
     assert made.memory_limit_bytes == config.default_memory_bytes
+
+
+def test_workers_follow_from_the_memory_cap(config):
+    made = spec.make_spec("acme", "a.example.test", memory="512M", defaults=config,
+                          existing_user=never_a_user)
+    assert made.max_clients == (512 - 64) // 48
+    assert spec.workers_for(64 << 20, 48 << 20) == 1
+    assert spec.workers_for(64 << 30, 48 << 20) == spec.MAX_CLIENTS
+    given = spec.make_spec("acme", "a.example.test", memory="512M", max_clients=3,
+                           defaults=config, existing_user=never_a_user)
+    assert given.max_clients == 3

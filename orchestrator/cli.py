@@ -16,6 +16,7 @@ from . import (
     fragments,
     metering,
     reprovision,
+    schedule,
     spec as spec_mod,
     systemd,
     tenants,
@@ -75,8 +76,24 @@ def _parser():
     units = sub.add_parser("systemd-units", help="write systemd units for this state directory")
     flags(units, argparse.SUPPRESS)
     units.add_argument("--dir", default="/etc/systemd/system")
-    units.add_argument("--calendar", default="daily",
-                       help="OnCalendar= of the reprovisioning timer")
+
+    plan = sub.add_parser("schedule", help="cron expressions for reprovisioning and metering")
+    flags(plan, argparse.SUPPRESS)
+    plan_sub = plan.add_subparsers(dest="schedule_command", required=True, metavar="ACTION",
+                                   parser_class=_Parser)
+    plan_set = plan_sub.add_parser("set", help="keep a cron expression for a job")
+    flags(plan_set, argparse.SUPPRESS)
+    plan_set.add_argument("cron", help="five fields, like '30 3 * * *'")
+    plan_set.add_argument("--job", default="reprovision", help="reprovision (default) or meter")
+    plan_clear = plan_sub.add_parser("clear", help="forget a job's schedule")
+    flags(plan_clear, argparse.SUPPRESS)
+    plan_clear.add_argument("job")
+    flags(plan_sub.add_parser("show", help="each job's expression, last and next run"),
+          argparse.SUPPRESS)
+    runner = sub.add_parser("scheduler", help="run scheduled jobs in the foreground")
+    flags(runner, argparse.SUPPRESS)
+    runner.add_argument("--once", action="store_true", help="run what is due now, then exit")
+    runner.add_argument("--at", help="with --once: the time to take as now (ISO 8601)")
     flags(sub.add_parser("list", help="list the tenants"), argparse.SUPPRESS)
 
     again = sub.add_parser("reprovision", help="converge tenants to the roles again "
@@ -197,7 +214,7 @@ def _dispatch(args, host, spec):
         _print(args, {"tenants": reports},
                _table(rows, ["name", "found", "done"]) if rows else "no tenants")
     elif args.command == "systemd-units":
-        written = systemd.write(args.dir, host.config, host.store.tenants(), args.calendar)
+        written = systemd.write(args.dir, host.config, host.store.tenants())
         _print(args, {"dir": args.dir, "files": written},
                "\n".join(f"{args.dir}/{name}" for name in written))
     elif args.command == "resize":
@@ -211,6 +228,16 @@ def _dispatch(args, host, spec):
         return _meter(args, host)
     elif args.command == "capacity":
         return _capacity(args, host)
+    elif args.command == "schedule":
+        return _schedule(args, host)
+    elif args.command == "scheduler":
+        if args.once:
+            now = metering.parse_time(args.at, time.time())
+            results = schedule.run_due(host, now)
+            _print(args, {"ran": results}, "\n".join(f"{r['job']}: {r['outcome']}"
+                                                      for r in results) or "nothing was due")
+            return 0 if all(r["ok"] for r in results) else 1
+        schedule.run_forever(host)
     elif args.command == "reprovision":
         return _reprovision(args, host)
     elif args.command == "proxy":
@@ -281,6 +308,19 @@ def _capacity(args, host):
         f"room for         {room['fit']:>8} more tenant(s) of {room['size_bytes'] // mib} MiB",
     ])
     _print(args, room, text)
+    return 0
+
+
+def _schedule(args, host):
+    if args.schedule_command == "set":
+        schedule.set_schedule(host, args.job, args.cron)
+    elif args.schedule_command == "clear":
+        schedule.clear(host, args.job)
+    rows = schedule.show(host)
+    shown = [{**r, "next_run": time.strftime("%Y-%m-%d %H:%M", time.localtime(r["next_run"]))}
+             for r in rows]
+    _print(args, {"jobs": rows},
+           _table(shown, ["job", "cron", "next_run"]) if rows else "no job is scheduled")
     return 0
 
 

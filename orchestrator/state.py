@@ -31,6 +31,10 @@ CREATE TABLE IF NOT EXISTS resources (
     kind TEXT NOT NULL,
     data TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS settings (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS samples (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     tenant TEXT NOT NULL,
@@ -195,6 +199,18 @@ class Store:
 
     def drop_resource(self, resource_id):
         self.db.execute("DELETE FROM resources WHERE id = ?", (resource_id,))
+
+    def setting(self, key):
+        row = self.db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        return row["value"] if row else None
+
+    def set_setting(self, key, value):
+        """Keep `value` under `key`; None removes it."""
+        if value is None:
+            self.db.execute("DELETE FROM settings WHERE key = ?", (key,))
+        else:
+            self.db.execute("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key)"
+                            " DO UPDATE SET value = excluded.value", (key, value))
 
     SAMPLE_FIELDS = ("memory_current", "memory_peak", "memory_cache", "cpu_seconds",
                      "processes")

@@ -1,4 +1,4 @@
-"""Generated systemd units: one template per tenant, the front proxy, a target, a timer.
+"""Generated systemd units: a template per tenant, the front proxy, a target, a timer.
 
 The units call the same entry points a host without systemd uses (`orch start`,
 `orch boot`, `orch reprovision --all`), so both paths run the same code.
@@ -58,32 +58,32 @@ Wants=orch-proxy.service
 WantedBy=multi-user.target
 """
 
-REPROVISION_SERVICE = """\
+SCHEDULER_SERVICE = """\
 [Unit]
-Description=orch: converge every tenant to its roles again
+Description=orch: run the scheduled jobs that are due (orch schedule show)
 After=orch.target
 
 [Service]
 Type=oneshot
 Environment={env}
-ExecStart={orch} reprovision --all
+ExecStart={orch} scheduler --once
 """
 
-REPROVISION_TIMER = """\
+# The cron expressions stay in orch's state (orch schedule set); this only wakes it.
+SCHEDULER_TIMER = """\
 [Unit]
-Description=orch: scheduled reprovisioning
+Description=orch: wake the scheduler every minute
 
 [Timer]
-OnCalendar={calendar}
-Persistent=true
-RandomizedDelaySec=300
+OnCalendar=minutely
+AccuracySec=1s
 
 [Install]
 WantedBy=timers.target
 """
 
 
-def units(config, tenants, calendar="daily"):
+def units(config, tenants):
     """File name to text for every unit, plus the wants links of autostart tenants."""
     orch = str(Path(sys.executable).parent / "orch")
     env = shlex.quote(f"ORCH_HOME={config.home}")
@@ -94,17 +94,17 @@ def units(config, tenants, calendar="daily"):
         "orch-tenant@.service": TENANT.format(env=env, orch=orch),
         "orch-proxy.service": PROXY.format(proxy_dir=proxy_dir, nginx=nginx),
         "orch.target": TARGET,
-        "orch-reprovision.service": REPROVISION_SERVICE.format(env=env, orch=orch),
-        "orch-reprovision.timer": REPROVISION_TIMER.format(calendar=calendar),
+        "orch-scheduler.service": SCHEDULER_SERVICE.format(env=env, orch=orch),
+        "orch-scheduler.timer": SCHEDULER_TIMER,
     }
     wants = [f"orch-tenant@{t.name}.service" for t in tenants if t.autostart]
     return files, wants
 
 
-def write(directory, config, tenants, calendar="daily"):
+def write(directory, config, tenants):
     """Write the units into `directory` and enable each autostart tenant in orch.target."""
     directory = Path(directory)
-    files, wants = units(config, tenants, calendar)
+    files, wants = units(config, tenants)
     directory.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
         (directory / name).write_text(text)

@@ -130,7 +130,7 @@ def test_generated_units_pass_systemd_analyze(orch, tmp_path):
     done = subprocess.run(
         ["systemd-analyze", "verify", "--man=no", str(instance),
          str(units / "orch-proxy.service"), str(units / "orch.target"),
-         str(units / "orch-reprovision.service"), str(units / "orch-reprovision.timer")],
+         str(units / "orch-scheduler.service"), str(units / "orch-scheduler.timer")],
         capture_output=True, text=True,
     )
     problems = [line for line in done.stderr.splitlines() if str(units) in line]

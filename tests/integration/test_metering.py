@@ -129,3 +129,17 @@ def _timed(orch, host):
     started = time.monotonic()
     status = _status(orch, host, "/hello")
     return status == 200, time.monotonic() - started
+
+
+def test_the_scheduler_runs_due_jobs(pair):
+    from datetime import UTC, datetime, timedelta
+
+    pair.run("schedule", "set", "*/5 * * * *", "--job", "meter")
+    shown = pair.json("schedule", "show")[1]["jobs"]
+    assert [j["job"] for j in shown] == ["meter"]
+    later = (datetime.now(UTC) + timedelta(minutes=6)).isoformat()
+    code, doc = pair.json("scheduler", "--once", "--at", later)
+    assert code == 0 and doc["ran"][0]["outcome"] == "sampled 2 tenant(s)"
+    code, doc = pair.json("scheduler", "--once", "--at", later)
+    assert doc["ran"] == []  # it ran at that time already
+    pair.run("schedule", "clear", "meter")

@@ -142,7 +142,7 @@ class FragmentApplier:
         with self._step("syntax"):
             self._syntax(allowed)
         with self._step("trial"):
-            self._trial(allowed)
+            self._trial(allowed, text)
 
     def read_as_tenant(self, guest_path):
         """A file of the guest, read inside it by the tenant's own uid."""
@@ -151,9 +151,12 @@ class FragmentApplier:
             raise OSError(done.stderr.strip().rsplit(": ", 1)[-1] or "cannot be read")
         return done.stdout
 
-    def _refuse(self, step, summary, output, allowed):
+    def _refuse(self, step, summary, output, allowed, text=None):
         shown = httpdconf.visible_errors(output, allowed)
         detail = " / ".join(shown).replace(f"/{CANDIDATE_DIR}/tenant.conf", "your fragment")
+        line = httpdconf.blame_line(text, output) if text is not None else None
+        if line is not None:
+            summary = f"your fragment, line {line.number} ({line.text}): {summary}"
         raise FragmentRefused(
             f"{summary}: {detail or 'Apache gave no message about your own files'}",
             tenant=self.tenant.name, step=step,
@@ -167,7 +170,7 @@ class FragmentApplier:
             self._refuse("syntax", "Apache refused the configuration",
                          done.stderr + done.stdout, allowed)
 
-    def _trial(self, allowed):
+    def _trial(self, allowed, text):
         trial_log = "/var/log/apache2/trial-error.log"
         self.backend.execute(self.tenant, ["rm", "-f", "--", trial_log])
         console = self.host.config.runs_dir / self.tenant.name / "trial.log"
@@ -189,7 +192,7 @@ class FragmentApplier:
                 logged = ""
             output = _read(console) + "\n" + logged
             self._refuse("trial", "a trial start of the new configuration failed", output,
-                         allowed)
+                         allowed, text)
 
     def _wait_for_answer(self, proc, timeout=30.0):
         deadline = time.monotonic() + timeout

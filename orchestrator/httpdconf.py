@@ -265,6 +265,25 @@ def handler_modules(text):
     return modules
 
 
+PERL_LOADERS = ("perlmodule", "perlrequire", "perlloadmodule", "perlpostconfigrequire")
+
+
+def blame_line(text, output):
+    """The fragment line whose Perl module a failed start complains of, or None."""
+    candidates = []
+    for line in logical_lines(text, "<fragment>"):
+        name, rest = directive(line)
+        if name in PERL_LOADERS or (name.startswith("perl") and name.endswith("handler")):
+            for arg in _arguments(rest):
+                module = re.sub(r"(->\w+|::handler)$", "", arg)
+                candidates.append((line, module))
+    for line, module in candidates:
+        as_path = module.replace("::", "/") + ".pm"
+        if as_path in output or re.search(rf"\b{re.escape(module)}\b", output):
+            return line
+    return candidates[0][0] if len(candidates) == 1 else None
+
+
 def visible_errors(output, allowed_files):
     """Apache's messages, keeping only those about the tenant's own files."""
     kept = []

@@ -138,6 +138,8 @@ def test_faults_found_by_apache(shop, tmp_path, text, step, shows):
     code, doc, _ = apply(shop, text + "\n", tmp_path)
     assert code == 2 and doc["error"]["step"] == step, doc
     assert shows in doc["error"]["message"]
+    message = doc["error"]["message"]
+    assert "your fragment, line " in message or " of your fragment:" in message  # the line
     unchanged(shop, master)
 
 

@@ -127,3 +127,12 @@ def test_visible_errors_keep_only_the_tenants_files():
     kept = httpdconf.visible_errors(output, ["/srv/tenant/conf/x.conf"])
     assert kept == ["AH00526: Syntax error on line 2 of /srv/tenant/conf/x.conf:",
                     "Invalid command 'Foo'"]
+
+
+def test_a_failed_start_is_blamed_on_the_line_that_loads_the_module():
+    text = ("AddType a .b\nPerlModule Shop::Fine\n<Location /x>\n"
+            "PerlResponseHandler Shop::Dies\n</Location>\n")
+    output = "[perl:error] refusing to compile at /srv/tenant/perl/Shop/Dies.pm line 2."
+    assert httpdconf.blame_line(text, output).number == 4
+    assert httpdconf.blame_line(text, "Can't locate Shop/Fine.pm in @INC").number == 2
+    assert httpdconf.blame_line(text, "something else") is None

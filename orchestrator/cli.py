@@ -3,6 +3,7 @@
 import argparse
 import json
 import logging
+import math
 import signal
 import sys
 import time
@@ -214,6 +215,10 @@ def _dispatch(args, host, spec):
         _print(args, {"tenants": reports},
                _table(rows, ["name", "found", "done"]) if rows else "no tenants")
     elif args.command == "systemd-units":
+        target = Path(args.dir)
+        if not args.dir or not target.is_absolute() or (target.exists() and not target.is_dir()):
+            raise BadInput(f"--dir {args.dir!r} is not a folder's absolute path",
+                           step="parse", fix="give a folder like /etc/systemd/system")
         written = systemd.write(args.dir, host.config, host.store.tenants())
         _print(args, {"dir": args.dir, "files": written},
                "\n".join(f"{args.dir}/{name}" for name in written))
@@ -270,8 +275,16 @@ def _meter(args, host):
         taken = metering.sample(host)
         _print(args, {"samples": taken}, f"sampled {len(taken)} tenant(s)")
     elif args.meter_command == "export":
-        sys.stdout.write(metering.export(host))
+        text = metering.export(host)
+        if args.json:
+            _print(args, {"format": "prometheus", "text": text}, None)
+        else:
+            sys.stdout.write(text)
     else:
+        price = args.price_per_gb_hour
+        if price is not None and not (math.isfinite(price) and price >= 0):
+            raise BadInput(f"--price-per-gb-hour {price} is not a price", step="parse",
+                           fix="give a number of 0 or more")
         now = time.time()
         start = metering.parse_time(args.start, now - 86400)
         end = metering.parse_time(args.end, now)

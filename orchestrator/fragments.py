@@ -10,6 +10,7 @@ previous fragment is put back the same way. The last few live fragments are kept
 import contextlib
 import logging
 import os
+import random
 import signal
 import subprocess
 import time
@@ -29,7 +30,9 @@ HISTORY_DIR = f"{CONF_DIR}/history"
 QUARANTINE_DIR = f"{CONF_DIR}/quarantine"
 EMPTY = "# The tenant's own httpd.conf fragment; change it with `orch tenant-config`.\n"
 KEEP = 5
-TRIAL_PORT = 61000  # inside the tenant's own network namespace, so never anyone else's
+# Trial ports are drawn at random inside the tenant's own network namespace, so a tenant
+# process cannot sit on the trial's port to make a broken configuration look healthy.
+TRIAL_PORTS = (40000, 60999)
 APACHE = "/usr/sbin/apache2"
 MAX_FRAGMENT_BYTES = 256 * 1024
 
@@ -75,6 +78,23 @@ class FragmentStore:
         return kept
 
 
+def read_guest_file(backend, tenant, guest_path, limit=MAX_FRAGMENT_BYTES):
+    """Read a plain file inside the guest as the tenant; OSError when it is not one.
+
+    Never a FIFO or a device (`test -f`), never more than `limit` bytes, never longer than
+    a few seconds: the file is the tenant's, and so is whatever it points to.
+    """
+    if backend.execute(tenant, ["test", "-f", guest_path]).returncode != 0:
+        raise OSError(f"{guest_path} is not a plain file")
+    done = backend.execute(tenant, ["timeout", "5", "head", "-c", str(limit + 1), "--",
+                                    guest_path])
+    if done.returncode != 0:
+        raise OSError(done.stderr.strip().rsplit(": ", 1)[-1] or "cannot be read")
+    if len(done.stdout.encode()) > limit:
+        raise OSError(f"{guest_path} is larger than {limit} bytes")
+    return done.stdout
+
+
 def _write(path, text):
     """Write a root-owned 0644 file atomically (the tenant reads it; it cannot write it)."""
     path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
@@ -85,7 +105,7 @@ def _write(path, text):
     os.replace(temporary, path)
 
 
-def candidate_configs(main_text, tenant, modules):
+def candidate_configs(main_text, tenant, modules, trial_port):
     """(syntax-check main, trial main) for a candidate fragment, from the live main file."""
     include = f"Include /{LIVE}"
     if include not in main_text:
@@ -95,7 +115,7 @@ def candidate_configs(main_text, tenant, modules):
     check = main_text.replace(include, f"{preload}Include /{CANDIDATE_DIR}/tenant.conf")
     trial = (check
              .replace(f"Listen {tenant.address}:{tenant.port}",
-                      f"Listen {tenant.address}:{TRIAL_PORT}")
+                      f"Listen {tenant.address}:{trial_port}")
              .replace("/run/apache2/httpd.pid", "/run/apache2/trial.pid")
              .replace("/var/log/apache2/error.log", "/var/log/apache2/trial-error.log")
              .replace("/var/log/apache2/access.log", "/var/log/apache2/trial-access.log"))
@@ -134,8 +154,9 @@ class FragmentApplier:
                                           reader=self.read_as_tenant).check(text)
         allowed = [f"/{CANDIDATE_DIR}/tenant.conf", *files]
         modules = httpdconf.handler_modules(text)
+        self.trial_port = random.randint(*TRIAL_PORTS)
         check_main, trial_main = candidate_configs(
-            self.store.path(MAIN).read_text(), self.tenant, modules)
+            self.store.path(MAIN).read_text(), self.tenant, modules, self.trial_port)
         _write(self.store.path(f"{CANDIDATE_DIR}/tenant.conf"), text)
         _write(self.store.path(f"{CANDIDATE_DIR}/check.conf"), check_main)
         _write(self.store.path(f"{CANDIDATE_DIR}/trial.conf"), trial_main)
@@ -145,11 +166,8 @@ class FragmentApplier:
             self._trial(allowed, text)
 
     def read_as_tenant(self, guest_path):
-        """A file of the guest, read inside it by the tenant's own uid."""
-        done = self.backend.execute(self.tenant, ["cat", "--", guest_path])
-        if done.returncode != 0:
-            raise OSError(done.stderr.strip().rsplit(": ", 1)[-1] or "cannot be read")
-        return done.stdout
+        """A plain file of the guest, read inside it by the tenant's own uid, size-capped."""
+        return read_guest_file(self.backend, self.tenant, guest_path)
 
     def _refuse(self, step, summary, output, allowed, text=None):
         shown = httpdconf.visible_errors(output, allowed)
@@ -200,10 +218,13 @@ class FragmentApplier:
             if proc.poll() is not None:
                 return False
             try:
-                status, _, _ = probe.get(self.tenant.address, TRIAL_PORT, self.tenant.hostname)
-                return status < 500
+                status, _, _ = probe.get(self.tenant.address, self.trial_port,
+                                         self.tenant.hostname)
             except OSError:
                 time.sleep(0.1)
+                continue
+            # The answer counts only if the trial Apache is still there to have given it.
+            return status < 500 and proc.poll() is None
         return False
 
     def switch(self, text):
@@ -211,19 +232,36 @@ class FragmentApplier:
         previous = self.store.live()
         with self._step("switch"):
             self.store.write_live(text)
-            self.graceful()
+            try:
+                self.graceful()
+            except StepFailed as exc:
+                self._restart_with(previous)
+                raise StepFailed(
+                    f"{exc.message}; the previous fragment was put back and Apache started "
+                    "again", tenant=self.tenant.name, step="switch",
+                    fix="fix the fragment (see your error log) and apply it again",
+                ) from None
         try:
             with self._step("health"):
                 self._healthy()
         except StepFailed as exc:
-            self.store.write_live(previous)
-            self.graceful()
+            self._restart_with(previous)
             raise StepFailed(
                 f"after the switch the site failed its health check ({exc.message}); the "
                 "previous fragment was put back", tenant=self.tenant.name, step="health",
                 fix="fix the fragment and apply it again",
             ) from None
         return previous
+
+    def _restart_with(self, text):
+        from .tenants import wait_healthy
+
+        self.store.write_live(text)
+        if self.backend.status(self.tenant) == "running":
+            self.graceful()
+        else:
+            self.backend.start(self.tenant)
+            wait_healthy(self.host, self.tenant)
 
     def graceful(self):
         master = self.backend.master_pid(self.tenant)
@@ -256,20 +294,13 @@ class FragmentApplier:
 
 
 def _stop_spawned(proc):
-    """Stop a trial Apache and all its children, by the pids found under our nsenter.
-
-    The trial master is nsenter's child; its own children would be left to the tenant's
-    real master (PID 1 of the namespace) if it died alone, so each is killed by its pid.
-    """
-    tree = probe.descendants(proc.pid)
+    """Stop a trial Apache: it is PID 1 of its own PID namespace, under the unshare we
+    started, so killing it by its pid ends every process of the trial with it."""
     for pid in probe.children(proc.pid):
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=5)
-    for pid in tree | probe.descendants(proc.pid):
-        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
     with contextlib.suppress(ProcessLookupError):
         proc.kill()
     proc.wait()

@@ -16,6 +16,7 @@ Apache echoes lines of files it cannot parse, and those could be the operator's.
 """
 
 import dataclasses
+import fnmatch
 import glob
 import os
 import posixpath
@@ -47,6 +48,8 @@ VHOST_ONLY = ("servername",)
 
 TENANT_HOME = "/srv/tenant"
 MAX_INCLUDE_DEPTH = 16
+MAX_INCLUDED_FILES = 64
+PATH_LOADERS = ("perlrequire", "perlpostconfigrequire")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,9 +85,14 @@ def logical_lines(text, path):
 
 
 def directive(line):
-    """The directive's name in lowercase, and its arguments; sections are `<name`."""
+    """The directive's name in lowercase, and its arguments; sections are `<name`.
+
+    Apache takes a quoted first word as the directive's name too (`"Listen" 80`).
+    """
     match = re.match(r"(</?[^\s>]+|[^\s]+)\s*(.*)", line.text)
     name, rest = match.group(1), match.group(2)
+    if len(name) > 1 and name[0] == name[-1] and name[0] in "\"'":
+        name = name[1:-1]
     if name.startswith("<"):
         return name.lower(), rest.rstrip(">").strip()
     return name.lower(), rest
@@ -180,6 +188,11 @@ class PolicyCheck:
                 sections.append(bare)
             if bare in VHOST_ONLY and "virtualhost" in sections:
                 continue
+            if "${" in line.text or bare in ("define", "undefine"):
+                self.refuse(line, "variables (Define, ${...}) are not allowed in a fragment",
+                            "write the values out; a variable could hide a locked directive")
+            if bare in PATH_LOADERS:
+                self._check_perl_path(line, rest)
             if bare in FORBIDDEN:
                 shown = re.match(r"<?/?([^\s>]+)", line.text).group(1)
                 reason, fix = FORBIDDEN[bare]
@@ -195,6 +208,13 @@ class PolicyCheck:
                 "never closed", tenant=self.tenant, step="policy",
                 fix=f"add </{sections[-1]}>",
             )
+
+    def _check_perl_path(self, line, rest):
+        for arg in _arguments(rest):
+            if "/" in arg and not inside(guest_realpath(self.root, posixpath.join(
+                    self.server_root, arg)), self.tree):
+                self.refuse(line, f"{arg} is outside your tree",
+                            f"keep the files Perl reads under {self.tree}")
 
     def _check_perl_switches(self, line, rest):
         args = iter(_arguments(rest))
@@ -222,12 +242,40 @@ class PolicyCheck:
         if not inside(guest_realpath(self.root, static or "/"), self.tree):
             self.refuse(line, f"Include {args[0]} names a file outside {self.tree}",
                         f"include only files under {self.tree}")
-        matches = sorted(glob.glob(os.path.join(self.root, pattern.lstrip("/"))))
+        matches = self._guest_glob(line, pattern)
         if not matches and not optional and not glob.has_magic(pattern):
             self.refuse(line, f"Include {args[0]}: no such file",
                         "create it first or use IncludeOptional")
         for match in matches:
-            self._include_path(line, "/" + os.path.relpath(match, self.root), stack)
+            self._include_path(line, match, stack)
+
+    def _guest_glob(self, line, pattern):
+        """Guest paths matching `pattern`, every folder resolved inside the guest first.
+
+        The host's own glob would follow the tenant's symbolic links on the host, as root,
+        and the names it found would then show in the refusal.
+        """
+        found = ["/"]
+        for part in [p for p in pattern.split("/") if p]:
+            step = []
+            for folder in found:
+                real = guest_realpath(self.root, folder)
+                if not inside(real, self.tree) and glob.has_magic(part):
+                    # Apache would expand it there: refuse, and list nothing outside.
+                    self.refuse(line, f"Include {pattern} reaches outside {self.tree}",
+                                f"include only files under {self.tree}")
+                host_dir = os.path.join(self.root, real.lstrip("/"))
+                if glob.has_magic(part):
+                    try:
+                        names = sorted(os.listdir(host_dir))
+                    except OSError:
+                        continue
+                    step += [posixpath.join(real, n) for n in fnmatch.filter(names, part)
+                             if not n.startswith(".")]
+                elif os.path.lexists(os.path.join(host_dir, part)):
+                    step.append(posixpath.join(real, part))
+            found = step
+        return found
 
     def _include_path(self, line, guest_path, stack):
         real = guest_realpath(self.root, guest_path)
@@ -239,6 +287,9 @@ class PolicyCheck:
                         "a file may not include itself, directly or through others")
         if len(stack) >= MAX_INCLUDE_DEPTH:
             self.refuse(line, "includes nest too deep", "flatten your includes")
+        if len(self.files) >= MAX_INCLUDED_FILES:
+            self.refuse(line, f"more than {MAX_INCLUDED_FILES} files are included",
+                        "put your configuration in fewer files")
         host_path = os.path.join(self.root, real.lstrip("/"))
         if os.path.isdir(host_path):
             for entry in sorted(os.listdir(host_path)):
@@ -296,6 +347,9 @@ def visible_errors(output, allowed_files):
                 if index + 1 < len(lines):
                     kept.append(lines[index + 1])
             continue
+        files = re.findall(r" at (/\S+?)(?: line \d+|,|\.|$)", text)
+        if files and not all(f in allowed_files or inside(f) for f in files):
+            continue  # Perl quotes the file it was reading: keep only the tenant's own
         if any(path in text for path in allowed_files) or re.search(
             r"Can't locate|compilation failed|Compilation failed|syntax error|BEGIN failed",
             text,

@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 DRAFT = "/srv/tenant/conf/httpd.conf"
 QUARANTINE = "/srv/tenant/conf/httpd.conf.quarantined"
+APPLIED = "/srv/tenant/conf/httpd.conf.applied"
 CONVERGEABLE = ("running", "stopped")
 
 
@@ -79,9 +80,10 @@ def _check_guest(host, tenant, report):
         return
     if tenant.state == "running":
         draft = _read_draft(host, tenant)
-        live = fragments.FragmentStore(backend.guest_root(tenant)).live()
-        if draft is not None and draft != live:
-            report["drift"].append(f"the tenant's draft {DRAFT} differs from the live fragment")
+        if isinstance(draft, _Unreadable):
+            report["drift"].append(f"the tenant's draft cannot be read: {draft}")
+        elif draft is not None:
+            report["drift"].append(f"the tenant's draft {DRAFT} waits to be checked")
 
 
 def _settle(host, tenant, result, report):
@@ -99,17 +101,24 @@ def _settle(host, tenant, result, report):
 
     applier = fragments.FragmentApplier(host, tenant)
     draft = _read_draft(host, tenant)
-    if draft is not None and draft != applier.store.live():
+    if isinstance(draft, _Unreadable):
+        exc = FragmentRefused(str(draft), tenant=tenant.name, step="policy")
+        _quarantine(backend, tenant, exc)
+        report["actions"].append(f"set the draft fragment aside as {QUARANTINE}: {draft}")
+    elif draft is not None:
         try:
             applier.check(draft)
-        except FragmentRefused as exc:
-            _quarantine(backend, tenant, draft, exc)
+            previous = applier.switch(draft)
+        except (FragmentRefused, StepFailed) as exc:
+            _quarantine(backend, tenant, exc)
             report["actions"].append(f"set the draft fragment aside as {QUARANTINE}: "
                                      f"{exc.message}")
         else:
-            previous = applier.switch(draft)
             applier.store.push_history(previous)
-            report["actions"].append("the tenant's draft fragment went live")
+            # Consumed: a later tenant-config or rollback must not be undone by it.
+            backend.execute(tenant, ["mv", "-f", "--", DRAFT, APPLIED])
+            report["actions"].append(f"the tenant's draft fragment went live (kept as "
+                                     f"{APPLIED})")
             return
     if result.changed:
         live = applier.store.live()
@@ -133,11 +142,21 @@ def _settle(host, tenant, result, report):
 
 def _read_draft(host, tenant):
     backend = host.backend(tenant.backend)
-    done = backend.execute(tenant, ["cat", "--", DRAFT])
-    return done.stdout if done.returncode == 0 else None
+    if backend.execute(tenant, ["test", "-e", DRAFT]).returncode != 0 and backend.execute(
+            tenant, ["test", "-L", DRAFT]).returncode != 0:
+        return None
+    try:
+        return fragments.read_guest_file(backend, tenant, DRAFT)
+    except OSError as exc:
+        # Not readable as a fragment (a link elsewhere, a folder, a FIFO): set it aside.
+        return _Unreadable(str(exc))
 
 
-def _quarantine(backend, tenant, draft, exc):
+class _Unreadable(str):
+    """A draft that exists but cannot be read as a fragment; its text is the reason."""
+
+
+def _quarantine(backend, tenant, exc):
     """Move the tenant's draft aside, with the reason beside it, as the tenant."""
     backend.execute(tenant, ["mv", "-f", "--", DRAFT, QUARANTINE])
     backend.execute(tenant, ["tee", "--", QUARANTINE + ".reason"],

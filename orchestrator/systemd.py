@@ -11,7 +11,6 @@ from pathlib import Path
 TENANT = """\
 [Unit]
 Description=orch tenant %i: Apache httpd with mod_perl in its own guest
-Documentation=man:orch(1)
 PartOf=orch.target
 After=network-online.target
 Wants=network-online.target

@@ -300,7 +300,7 @@ def resize(host, name, memory=None, max_clients=None):
             raise
         capacity.admit(host.config, host.store.tenants(), memory_bytes, name)
         backend = host.backend(tenant.backend)
-        if memory_bytes != tenant.memory_limit_bytes:
+        if (memory_bytes, clients) != (tenant.memory_limit_bytes, tenant.max_clients):
             if not backend.can_resize_live:
                 raise BadInput(f"backend {tenant.backend} cannot change memory live",
                                tenant=name, step="resize",
@@ -320,4 +320,11 @@ def resize(host, name, memory=None, max_clients=None):
         reports = reprovision.reprovision(host, [name])
         if reports[0]["failure"]:
             raise StepFailed(reports[0]["failure"], tenant=name, step="resize")
+        if clients > tenant.max_clients and tenant.state == "running":
+            # A graceful restart cannot raise ServerLimit; only a fresh master can.
+            with host.lock():
+                backend.stop(tenant)
+                backend.start(tenant)
+                wait_healthy(host, tenant)
+            host.store.event(name, "resize", "restarted Apache to raise ServerLimit")
     return host.store.get(name)

@@ -346,19 +346,35 @@ class JailBackend(Backend):
 
     def execute(self, tenant, argv, as_root=False, timeout=30, input=None):
         """Run argv inside the running guest's namespaces, root and cgroup; wait for it."""
-        return subprocess.run(
-            [*self._enter(tenant, as_root), *argv], capture_output=True, text=True,
-            timeout=timeout, input=input, check=False, preexec_fn=self._join_cgroup(tenant),
-        )
+        try:
+            return subprocess.run(
+                [*self._enter(tenant, as_root), *argv], capture_output=True, text=True,
+                timeout=timeout, input=input, check=False,
+                preexec_fn=self._join_cgroup(tenant),
+            )
+        except subprocess.TimeoutExpired:
+            raise StepFailed(f"`{' '.join(argv)}` in the guest did not finish in {timeout} s",
+                             tenant=tenant.name, step="execute") from None
 
     def spawn(self, tenant, argv, log_path):
         """Start argv inside the guest as the tenant, in the background; return the Popen.
 
-        nsenter forks to enter the PID namespace, so the program is nsenter's child.
+        The program is PID 1 of a PID namespace of its own (a child of the Popen's
+        process), so when it ends, everything it started ends with it: nothing is ever
+        left to the tenant's real Apache master, which would take a child's fatal exit
+        for its own.
         """
+        pid = self.master_pid(tenant)
+        if pid is None:
+            raise StepFailed("the guest is not running", tenant=tenant.name, step="trial",
+                             fix=f"run `orch start {tenant.name}`")
+        enter = ["nsenter", "-t", str(pid), "-m", "-u", "-i", "-n", "-r", "-w", "--",
+                 "unshare", "--pid", "--fork", "--",
+                 "setpriv", f"--reuid={tenant.uid}", f"--regid={tenant.gid}",
+                 "--clear-groups", "--no-new-privs", "--bounding-set=-all", "--"]
         with open(log_path, "ab") as log_file:
             return subprocess.Popen(
-                [*self._enter(tenant), *argv], stdout=log_file, stderr=log_file,
+                [*enter, *argv], stdout=log_file, stderr=log_file,
                 stdin=subprocess.DEVNULL, preexec_fn=self._join_cgroup(tenant),
             )
 

@@ -136,3 +136,42 @@ def test_a_failed_start_is_blamed_on_the_line_that_loads_the_module():
     assert httpdconf.blame_line(text, output).number == 4
     assert httpdconf.blame_line(text, "Can't locate Shop/Fine.pm in @INC").number == 2
     assert httpdconf.blame_line(text, "something else") is None
+
+
+@pytest.mark.parametrize("text", [
+    '"Listen" 10.0.0.1:81', "'LoadModule' x y", "Define D Listen", "${D} 81",
+    "UnDefine X", "IncludeOptional /srv/tenant/${X}/a.conf",
+    "PerlRequire /etc/apache2/orch/httpd.conf", "PerlRequire ../orch/httpd.conf",
+])
+def test_disguised_directives_are_refused(guest, text):
+    with pytest.raises(FragmentRefused):
+        check(guest, text + "\n")
+
+
+def test_perl_require_inside_the_tree_is_fine(guest):
+    (guest / "srv/tenant/perl").mkdir()
+    check(guest, "PerlRequire /srv/tenant/perl/startup.pl\nPerlModule Shop::Cart\n")
+
+
+def test_globs_never_list_folders_outside_the_tree(guest, tmp_path):
+    secret = guest / "etc" / "secret-name.conf"
+    secret.write_text("AddType a .b\n")
+    os.symlink("/etc", guest / "srv/tenant/conf/etc")
+    # Through the link the folder is the guest's /etc: outside, so never listed.
+    with pytest.raises(FragmentRefused) as caught:
+        check(guest, "IncludeOptional /srv/tenant/conf/e[t]c/*.conf\n")
+    assert "secret-name" not in caught.value.message
+    with pytest.raises(FragmentRefused) as caught:
+        check(guest, "IncludeOptional /srv/tenant/conf/etc/*.conf\n")
+    assert "secret-name" not in caught.value.message
+    with pytest.raises(FragmentRefused) as caught:
+        check(guest, "Include /srv/tenant/conf/etc/secret-name.conf\n")
+    assert "outside" in caught.value.message
+
+
+def test_perl_errors_about_operator_files_are_withheld():
+    output = ('[perl:error] syntax error at /etc/apache2/orch/httpd.conf line 9, near "PidFile "\n'
+              "[perl:error] Can't locate Shop/X.pm in @INC (@INC contains: /srv/tenant/perl)"
+              " at (eval 3) line 1.\n")
+    kept = httpdconf.visible_errors(output, [])
+    assert len(kept) == 1 and "Can't locate" in kept[0]

@@ -78,14 +78,19 @@ def test_capacity_refuses_a_tenant_that_would_not_fit(pair):
 
 def test_resize_is_live(pair):
     master = pair.show("steady")["master_pid"]
-    pair.run("resize", "steady", "--memory", "160M", "--max-clients", "3")
+    pair.run("resize", "steady", "--memory", "160M")
     assert cgroup_file(pair, "steady", "memory.limit_in_bytes").read_text().strip() == str(
         160 << 20)
+    assert pair.show("steady")["master_pid"] == master  # the memory cap changes live
+
+    pair.run("resize", "steady", "--max-clients", "3")
     conf = pair.home / "tenants/steady/root/etc/apache2/orch/httpd.conf"
     assert "\nMaxRequestWorkers 3\n" in conf.read_text()
+    assert "\nServerLimit 3\n" in conf.read_text()
     shown = pair.show("steady")
     assert shown["memory_limit_bytes"] == 160 << 20 and shown["max_clients"] == 3
-    assert shown["master_pid"] == master
+    pids = list(Path("/sys/fs/cgroup").glob(f"pids/{pair.cgroup_parent}/steady/pids.max"))
+    assert pids[0].read_text().strip() == "64"
     assert pair.get("steady.example.test")[0] == 200
 
 

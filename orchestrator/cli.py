@@ -306,7 +306,10 @@ def _meter(args, host):
 
 
 def _capacity(args, host):
-    size = spec_mod.parse_size(args.size) if args.size else None
+    size = spec_mod.parse_size(args.size) if args.size is not None else None
+    if size is not None and size < spec_mod.MIN_MEMORY:
+        raise BadInput(f"--size {args.size} is below the {spec_mod.MIN_MEMORY >> 20}M a "
+                       "tenant needs", step="parse", fix="give --size 64M or more")
     running = [t for t in host.store.tenants() if t.state == "running"]
     usages = {t.name: host.backend(t.backend).usage(t) for t in running}
     room = capacity.summary(host.config, host.store.tenants(), usages, size)

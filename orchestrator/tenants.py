@@ -266,7 +266,8 @@ def wait_healthy(host, tenant, path="/hello"):
         f"the backend at {tenant.address}:{tenant.port} did not answer {path} with 200 "
         f"({last}); console: {backend.console_tail(tenant)}; Apache's error log: "
         f"{backend.log_tail(tenant)}", tenant=tenant.name, step="health",
-        fix="fix the cause above and create the tenant again",
+        fix=f"fix the cause above (the guest's /var/log/apache2/error.log has more), then "
+            f"`orch start {tenant.name}`; a create that failed here was rolled back",
     )
 
 

@@ -235,23 +235,21 @@ class FragmentApplier:
             try:
                 self.graceful()
             except StepFailed as exc:
-                self._restart_with(previous)
-                raise StepFailed(
-                    f"{exc.message}; the previous fragment was put back and Apache started "
-                    "again", tenant=self.tenant.name, step="switch",
-                    fix="fix the fragment (see your error log) and apply it again",
-                ) from None
+                self._revert(previous, "switch", f"{exc.message}; the previous fragment was "
+                             "put back and Apache started again")
         try:
             with self._step("health"):
                 self._healthy()
         except StepFailed as exc:
-            self._restart_with(previous)
-            raise StepFailed(
-                f"after the switch the site failed its health check ({exc.message}); the "
-                "previous fragment was put back", tenant=self.tenant.name, step="health",
-                fix="fix the fragment and apply it again",
-            ) from None
+            self._revert(previous, "health", f"after the switch the site failed its health "
+                         f"check ({exc.message}); the previous fragment was put back")
         return previous
+
+    def _revert(self, previous, step, message):
+        """Put the previous fragment back, then raise StepFailed saying so."""
+        self._restart_with(previous)
+        raise StepFailed(message, tenant=self.tenant.name, step=step,
+                         fix="fix the fragment (see your error log) and apply it again")
 
     def _restart_with(self, text):
         from .tenants import wait_healthy

@@ -54,7 +54,7 @@ def check_name(name, existing_user=None):
     existing_user = existing_user or _host_account_exists
     if not NAME_RE.fullmatch(name or ""):
         raise BadInput(
-            f"tenant name {name!r} is not allowed", tenant=_printable(name),
+            f"tenant name {name!r} is not allowed", tenant=printable(name),
             step="validate",
             fix="use a lowercase letter followed by up to 29 lowercase letters, digits or '-'",
         )
@@ -77,7 +77,8 @@ def check_name(name, existing_user=None):
         )
 
 
-def _printable(name):
+def printable(name):
+    """A name as it can be shown on any terminal, odd bytes escaped."""
     return (name or "").encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
 
 

@@ -11,7 +11,7 @@ from .backends import get_backend
 from .errors import BadInput, NotFound, OrchError, StepFailed
 from .progress import Progress
 from .proxy import FrontProxy, Route
-from .spec import NAME_RE
+from .spec import NAME_RE, printable
 from .state import Store
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class Host:
     def tenant(self, name):
         tenant = self.store.get(name) if NAME_RE.fullmatch(name) else None
         if tenant is None:
-            shown = name.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
+            shown = printable(name)
             raise NotFound(f"tenant {shown} does not exist", tenant=shown, step="lookup",
                            fix="see `orch list` for the tenants there are")
         return tenant

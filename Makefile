@@ -6,12 +6,15 @@ PY := $(VENV)/bin/python
 ORCH := $(VENV)/bin/orch
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test unit lint setup clean-demo bench
+.PHONY: demo test unit lint setup host clean-demo bench
 
-setup: $(STAMP)
+setup: host $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+# Every time: it installs only what is missing, and starts libvirtd where nothing did.
+host:
 	./scripts/setup-host
+
+$(STAMP): pyproject.toml constraints.txt | host
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
@@ -35,4 +38,4 @@ unit: setup
 	$(VENV)/bin/pytest -ra tests/unit
 
 bench: setup
-	$(PY) bench/create.py
+	$(PY) bench/create.py --kvm

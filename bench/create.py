@@ -10,6 +10,12 @@ Measured side by side in one run, with a warm base image:
   state orch's provision step finds it in (the base image and an empty upper layer).
 
 The ratio create / (floor + bare) is what orch itself adds; 1.0 would be nothing.
+
+With `--kvm`, the same run also creates one kvm tenant (a VM under libvirt) and prints it
+beside the jail: its create time by step, and its floor, done by hand: start the same
+domain with virsh and wait for the first HTTP 200 through its port forward (the guest's
+own init starts Apache). The rest of a kvm create is Ansible over SSH.
+
 Needs root. Uses loopback and the namespaces it makes; removes everything it made.
 """
 
@@ -18,6 +24,7 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -41,10 +48,13 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def orch(env, *args):
+def orch(env, *args, steps=None):
     done = subprocess.run([str(BIN / "orch"), *args], env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"orch {' '.join(args)} failed:\n{done.stderr}")
+    if steps is not None:
+        steps.update((m[1], float(m[2])) for m in
+                     re.finditer(r"^(\w+): done in ([0-9.]+) s$", done.stderr, re.M))
     return done.stdout
 
 
@@ -130,6 +140,8 @@ def bare_run(base, tenant, env, scratch):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--kvm", action="store_true",
+                        help="also create one kvm tenant and print it beside the jail")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench/create.py needs root")
@@ -143,6 +155,9 @@ def main():
         f'[proxy]\naddress = "127.0.0.1"\nport = {port}\n'
         '[allocation]\naddress_pool = "10.254.0.0/24"\n'
         f'[cgroups]\nparent = "orch-bench-{os.getpid()}"\n'
+        f'[kvm]\npool = "orchbench{os.getpid()}"\n'
+        f'pool_path = "{REPO / ".cache" / "kvm" / f"orchbench{os.getpid()}"}"\n'
+        f'domain_prefix = "orchbench{os.getpid()}-"\nloopback_pool = "127.79.250.0/24"\n'
     )
     env = {**os.environ, "ORCH_HOME": str(home)}
     config = config_mod.load(env)
@@ -164,11 +179,14 @@ def main():
         for run in range(args.runs):
             floors.append(floor_run(base, tenant, upper, work / f"floor{run}"))
             bares.append(bare_run(base, tenant, {"proxy_port": port}, work / f"bare{run}"))
+        vm = kvm_bench(env, config) if args.kvm else None
     finally:
         with contextlib.suppress(SystemExit):
             for listed in json.loads(orch(env, "list", "--json"))["tenants"]:
                 orch(env, "delete-tenant", listed["name"])
         FrontProxy(config).stop()
+        if args.kvm:
+            _remove_pool(config)
         shutil.rmtree(work, ignore_errors=True)
 
     create, floor, bare = (statistics.median(x) for x in (creates, floors, bares))
@@ -177,6 +195,53 @@ def main():
     print(f"  floor (mount, Apache, first 200)   {floor:8.3f} s")
     print(f"  bare ansible-playbook              {bare:8.3f} s")
     print(f"  ratio create / (floor + bare)      {create / (floor + bare):8.2f}   (target <= 1.5)")
+    if vm:
+        print(f"orch create-tenant, kvm backend ({vm['type']} domain), warm VM image, one run")
+        print(f"  create-tenant                      {vm['create']:8.3f} s")
+        for step in ("image", "create", "provision", "start", "proxy"):
+            print(f"    {step:<32} {vm['steps'].get(step, 0.0):8.3f} s")
+        print(f"  floor (virsh start, first 200)     {vm['floor']:8.3f} s")
+        print(f"  ratio create / floor               {vm['create'] / vm['floor']:8.2f}")
+        print(f"  kvm create / jail create           {vm['create'] / create:8.2f}")
+
+
+def kvm_bench(env, config):
+    """One kvm create, then its floor: the same domain started by hand, first 200."""
+    steps = {}
+    started = time.monotonic()
+    orch(env, "create-tenant", "benchvm", "--hostname", "benchvm.example.test",
+         "--backend", "kvm", steps=steps)
+    created = time.monotonic() - started
+    tenant = json.loads(orch(env, "show", "benchvm", "--json"))
+    orch(env, "stop", "benchvm")
+    domain = f"{config.kvm_domain_prefix}benchvm"
+    kind = re.search(r"<domain type='(\w+)'", subprocess.run(
+        ["virsh", "-q", "-c", config.kvm_uri, "dumpxml", domain], capture_output=True,
+        text=True, check=True).stdout)[1]
+    started = time.monotonic()
+    subprocess.run(["virsh", "-q", "-c", config.kvm_uri, "start", domain], check=True,
+                   stdout=subprocess.DEVNULL)
+    while not answered(tenant["address"], tenant["port"], tenant["hostname"]):
+        if time.monotonic() - started > config.kvm_boot_timeout:
+            raise SystemExit("kvm floor: the guest started by hand did not answer")
+        time.sleep(0.05)
+    floor = time.monotonic() - started
+    orch(env, "delete-tenant", "benchvm")
+    return {"create": created, "steps": steps, "floor": floor, "type": kind}
+
+
+def _remove_pool(config):
+    """The bench's own libvirt pool, with the VM image's volumes it was given."""
+    uri = ["virsh", "-q", "-c", config.kvm_uri]
+    listed = subprocess.run([*uri, "vol-list", config.kvm_pool], capture_output=True,
+                            text=True)
+    for line in listed.stdout.splitlines():
+        if line.split():
+            subprocess.run([*uri, "vol-delete", line.split()[0], "--pool", config.kvm_pool],
+                           capture_output=True)
+    subprocess.run([*uri, "pool-destroy", config.kvm_pool], capture_output=True)
+    subprocess.run([*uri, "pool-undefine", config.kvm_pool], capture_output=True)
+    shutil.rmtree(config.kvm_pool_path, ignore_errors=True)
 
 
 def _link_index(address):

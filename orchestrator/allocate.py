@@ -28,12 +28,13 @@ def slot_addresses(pool, slot):
     return ipaddress.IPv4Address(base), ipaddress.IPv4Address(base + 1)
 
 
-def allocate(store, spec, config, uid_taken=None, link_taken=None):
+def allocate(store, spec, config, uid_taken=None, link_taken=None, pool=None):
     """Reserve a uid, a port and an address pair for `spec` and record it as `creating`.
 
     The unique columns of the tenants table make a second holder impossible even if two
     processes raced past the lock; the transaction makes the choice and the record one step.
     """
+    pool = pool or config.address_pool
     uid_taken = uid_taken or _host_uid_taken
     link_taken = link_taken or (lambda index: False)
     with store.transaction() as db:
@@ -64,14 +65,14 @@ def allocate(store, spec, config, uid_taken=None, link_taken=None):
             range(config.port_range.low, config.port_range.high + 1), ports, "port",
             "widen [allocation] port_range",
         )
-        slots = config.address_pool.num_addresses // 2
+        slots = pool.num_addresses // 2
         slot = _first_free(
             (s for s in range(1, slots)
-             if str(slot_addresses(config.address_pool, s)[1]) not in addresses
-             and not link_taken(int(slot_addresses(config.address_pool, s)[1]) & 0xFFFFFF)),
-            set(), "address", "widen [allocation] address_pool",
+             if str(slot_addresses(pool, s)[1]) not in addresses
+             and not link_taken(int(slot_addresses(pool, s)[1]) & 0xFFFFFF)),
+            set(), "address", f"widen the address pool {pool}",
         )
-        host_address, address = slot_addresses(config.address_pool, slot)
+        host_address, address = slot_addresses(pool, slot)
 
         now = time.time()
         db.execute(

@@ -57,6 +57,20 @@ class Config:
     open_files: int = 4096
     cpu_weight: int = 100
     health_timeout: float = 30.0
+    kvm_uri: str = "qemu:///system"
+    kvm_pool: str = "orch"
+    #: None: `kvm/pool` under the state directory.
+    kvm_pool_path: Path | None = None
+    kvm_domain_prefix: str = "orch-"
+    kvm_accel: str = "auto"
+    kvm_network: str = "user"
+    kvm_bridge: str = ""
+    kvm_loopback_pool: ipaddress.IPv4Network = ipaddress.IPv4Network("127.77.0.0/16")
+    kvm_ssh_port: int = 2222
+    kvm_vcpus: int = 1
+    kvm_disk_bytes: int = 4 << 30
+    kvm_boot_timeout: float = 300.0
+    kvm_outbound: bool = False
 
     @property
     def state_db(self):
@@ -73,6 +87,10 @@ class Config:
     @property
     def runs_dir(self):
         return self.home / "runs"
+
+    @property
+    def kvm_dir(self):
+        return self.home / "kvm"
 
 
 def _range(section, key, text):
@@ -124,6 +142,9 @@ _KNOWN = {
     "capacity": {"host_reserve": (str, int), "overcommit": (int, float)},
     "defaults": {"memory": (str, int), "max_clients": int, "health_timeout": (int, float),
                  "child_size": (str, int), "open_files": int, "cpu_weight": int},
+    "kvm": {"uri": str, "pool": str, "pool_path": str, "domain_prefix": str, "accel": str,
+            "network": str, "bridge": str, "loopback_pool": str, "ssh_port": int, "vcpus": int,
+            "disk_size": (str, int), "boot_timeout": (int, float), "outbound": bool},
 }
 
 
@@ -158,7 +179,7 @@ def from_mapping(raw, home, source="config"):
                                   step="config",
                                   fix=f"[{section}] takes {', '.join(_KNOWN[section])}")
             kinds = _KNOWN[section][key]
-            if isinstance(value, bool) or not isinstance(value, kinds):
+            if (isinstance(value, bool) and kinds is not bool) or not isinstance(value, kinds):
                 names = kinds.__name__ if isinstance(kinds, type) else " or ".join(
                     k.__name__ for k in kinds)
                 raise _bad(section, key, value, f"should be of type {names}")
@@ -214,9 +235,65 @@ def from_mapping(raw, home, source="config"):
     for key in ("open_files", "cpu_weight"):
         if get("defaults", key) is not None:
             fields[key] = get("defaults", key)
+    fields.update(_kvm_fields(raw.get("kvm", {})))
+    if get("kvm", "pool_path") is not None:
+        fields["kvm_pool_path"] = _safe_path("[kvm] pool_path", get("kvm", "pool_path"))
     config = Config(**fields)
     check(config)
     return config
+
+
+def _kvm_fields(kvm):
+    fields = {f"kvm_{key}": kvm[key] for key in (
+        "uri", "pool", "domain_prefix", "accel", "network", "bridge", "ssh_port", "vcpus",
+        "outbound") if key in kvm}
+    if "loopback_pool" in kvm:
+        try:
+            pool = ipaddress.IPv4Network(kvm["loopback_pool"])
+        except ValueError as exc:
+            raise _bad("kvm", "loopback_pool", kvm["loopback_pool"],
+                       f"is not a network: {exc}") from None
+        if not pool.subnet_of(ipaddress.IPv4Network("127.0.0.0/8")) or pool.num_addresses < 4:
+            raise _bad("kvm", "loopback_pool", kvm["loopback_pool"],
+                       "must be a /30 or larger inside 127.0.0.0/8", "like 127.77.0.0/16")
+        fields["kvm_loopback_pool"] = pool
+    if "disk_size" in kvm:
+        try:
+            fields["kvm_disk_bytes"] = parse_size(kvm["disk_size"])
+        except BadInput as exc:
+            raise ConfigError(f"[kvm] disk_size: {exc.message}", step="config") from None
+    if "boot_timeout" in kvm:
+        if not math.isfinite(kvm["boot_timeout"]) or kvm["boot_timeout"] <= 0:
+            raise _bad("kvm", "boot_timeout", kvm["boot_timeout"], "must be a number above 0")
+        fields["kvm_boot_timeout"] = float(kvm["boot_timeout"])
+    return fields
+
+
+def _check_kvm(config):
+    if config.kvm_accel not in ("auto", "kvm", "qemu"):
+        raise _bad("kvm", "accel", config.kvm_accel, "is not auto, kvm or qemu")
+    if config.kvm_network not in ("user", "bridge"):
+        raise _bad("kvm", "network", config.kvm_network, "is not user or bridge")
+    if config.kvm_network == "bridge" and not re.fullmatch(r"[A-Za-z0-9_.-]{1,15}",
+                                                           config.kvm_bridge):
+        raise _bad("kvm", "bridge", config.kvm_bridge, "is not a bridge name",
+                   "name the host bridge guests join, like br0")
+    for key in ("pool", "domain_prefix"):
+        value = getattr(config, f"kvm_{key}")
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,40}" if key == "pool" else r"[A-Za-z0-9_-]{0,40}",
+                            value):
+            raise _bad("kvm", key, value, "must be a plain name",
+                       "use ASCII letters, digits, '-' or '_'")
+    if not 1 <= config.kvm_ssh_port <= 65535:
+        raise _bad("kvm", "ssh_port", config.kvm_ssh_port, "is not a TCP port")
+    if config.kvm_ssh_port in config.port_range:
+        raise _bad("kvm", "ssh_port", config.kvm_ssh_port, "lies inside the tenant ports",
+                   "move it or [allocation] port_range")
+    if not 1 <= config.kvm_vcpus <= 64:
+        raise _bad("kvm", "vcpus", config.kvm_vcpus, "is outside 1-64")
+    if config.kvm_disk_bytes < 2 << 30:
+        raise _bad("kvm", "disk_size", config.kvm_disk_bytes, "is below 2G",
+                   "the image's system takes about 1.2G")
 
 
 def check(config, local_ports=None):
@@ -261,6 +338,7 @@ def check(config, local_ports=None):
     if not 1 <= config.cpu_weight <= 10000:
         raise ConfigError(f"[defaults] cpu_weight {config.cpu_weight} is outside 1-10000",
                           step="config", fix="100 is an even share")
+    _check_kvm(config)
     if config.child_size_bytes < 4 << 20:
         raise ConfigError("[defaults] child_size is below 4M", step="config",
                           fix="measure an idle mod_perl child; 48M is typical")

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from . import httpdconf, probe
-from .errors import StepFailed
+from .errors import BadInput, StepFailed
 from .httpdconf import FragmentRefused
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,17 @@ class FragmentStore:
         return kept
 
 
+def fragment_backend(host, tenant):
+    """The tenant's backend, when it can check and switch fragments; BadInput otherwise."""
+    backend = host.backend(tenant.backend)
+    if not backend.can_check_fragments:
+        raise BadInput(f"tenant {tenant.name} runs on backend {tenant.backend}, which does "
+                       "not take fragments through tenant-config yet", tenant=tenant.name,
+                       step="validate",
+                       fix="give the site a jail tenant if it needs a fragment of its own")
+    return backend
+
+
 def read_guest_file(backend, tenant, guest_path, limit=MAX_FRAGMENT_BYTES):
     """Read a plain file inside the guest as the tenant; OSError when it is not one.
 
@@ -128,7 +139,7 @@ class FragmentApplier:
     def __init__(self, host, tenant, progress=None):
         self.host = host
         self.tenant = tenant
-        self.backend = host.backend(tenant.backend)
+        self.backend = fragment_backend(host, tenant)
         self.store = FragmentStore(self.backend.guest_root(tenant))
         self.progress = progress
 
@@ -325,7 +336,7 @@ def apply(host, name, text, progress=None):
 
 def show(host, name):
     tenant = host.tenant(name)
-    store = FragmentStore(host.backend(tenant.backend).guest_root(tenant))
+    store = FragmentStore(fragment_backend(host, tenant).guest_root(tenant))
     return {"name": name, "fragment": store.live(), "history": len(store.history())}
 
 

@@ -78,7 +78,7 @@ def _check_guest(host, tenant, report):
     if tenant.state == "running" and backend.status(tenant) != "running":
         report["drift"].append("Apache is not running")
         return
-    if tenant.state == "running":
+    if tenant.state == "running" and backend.can_check_fragments:
         draft = _read_draft(host, tenant)
         if isinstance(draft, _Unreadable):
             report["drift"].append(f"the tenant's draft cannot be read: {draft}")
@@ -97,6 +97,11 @@ def _settle(host, tenant, result, report):
         backend.start(tenant)
         wait_healthy(host, tenant)
         report["actions"].append("started Apache, which was not running")
+        return
+    if not backend.can_check_fragments:
+        if result.changed:
+            backend.graceful(tenant)
+            report["actions"].append("graceful restart with the converged configuration")
         return
 
     applier = fragments.FragmentApplier(host, tenant)

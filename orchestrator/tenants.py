@@ -6,7 +6,7 @@ import logging
 import shutil
 import time
 
-from . import allocate, capacity, images, probe, provision
+from . import allocate, capacity, probe, provision
 from .backends import get_backend
 from .errors import BadInput, NotFound, OrchError, StepFailed
 from .progress import Progress
@@ -109,10 +109,11 @@ def create(host, spec, progress=None):
             backend.preflight()
             capacity.admit(config, store.tenants(), spec.memory_limit_bytes, spec.name)
         with progress.step("image"):
-            images.ensure(config, progress=progress.detail)
+            backend.ensure_image(progress=progress.detail)
         with progress.step("allocate"):
             tenant = allocate.allocate(store, spec, config,
-                                       link_taken=getattr(backend, "link_taken", None))
+                                       link_taken=getattr(backend, "link_taken", None),
+                                       pool=backend.address_pool())
         store.event(tenant.name, "allocate",
                     f"uid {tenant.uid}, port {tenant.port}, address {tenant.address}")
 
@@ -302,7 +303,7 @@ def resize(host, name, memory=None, max_clients=None):
         capacity.admit(host.config, host.store.tenants(), memory_bytes, name)
         backend = host.backend(tenant.backend)
         if (memory_bytes, clients) != (tenant.memory_limit_bytes, tenant.max_clients):
-            if not backend.can_resize_live:
+            if not backend.can_resize_live and backend.status(tenant) == "running":
                 raise BadInput(f"backend {tenant.backend} cannot change memory live",
                                tenant=name, step="resize",
                                fix=f"stop the tenant first: orch stop {name}")

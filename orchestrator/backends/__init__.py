@@ -7,9 +7,10 @@ from .base import Backend
 
 REGISTRY = {
     "jail": "orchestrator.backends.jail:JailBackend",
+    "kvm": "orchestrator.backends.kvm:KvmBackend",
 }
 
-PLANNED = ("uml", "lxc", "kvm", "colo")
+PLANNED = ("uml", "lxc", "colo")
 
 
 def backend_class(kind):

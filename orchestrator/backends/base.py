@@ -15,6 +15,9 @@ class Backend(abc.ABC):
     can_resize_live = False
     #: Commands can be run inside the guest as the tenant (`execute`).
     can_execute = False
+    #: A tenant's own httpd.conf fragment can be checked and switched (`tenant-config`);
+    #: this needs the guest's files seen from the host (`guest_root`) and `spawn`.
+    can_check_fragments = False
 
     def __init__(self, config, store):
         self.config = config
@@ -23,6 +26,16 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def preflight(self):
         """Check this host can run the kind; raise PreflightError saying what to fix."""
+
+    def ensure_image(self, progress=None):
+        """The base image guests of this kind are made from, built first when missing."""
+        from .. import images
+
+        return images.ensure(self.config, progress=progress)
+
+    def address_pool(self):
+        """The network tenants of this kind get their addresses from."""
+        return self.config.address_pool
 
     @abc.abstractmethod
     def create(self, tenant, record):
@@ -53,12 +66,16 @@ class Backend(abc.ABC):
         """Memory (current and peak, bytes) and process count of the guest."""
 
     def resize(self, tenant, memory_bytes, max_clients):
-        """Apply new caps to a running guest (only when `can_resize_live`)."""
+        """Apply new caps: to a running guest when `can_resize_live`, else while stopped."""
         raise NotImplementedError(f"backend {self.kind} cannot resize a running guest")
 
     def inspect(self, tenant):
         """What of a running guest is missing on the host, in words; empty when whole."""
         return [] if self.status(tenant) == "running" else ["Apache is not running"]
+
+    def graceful(self, tenant):
+        """Load a changed configuration without dropping requests (a graceful restart)."""
+        raise NotImplementedError(f"backend {self.kind} cannot restart Apache gracefully")
 
     def master_pid(self, tenant):
         """The host pid of the guest's Apache master, or None when not known."""

@@ -59,6 +59,7 @@ class JailBackend(Backend):
     kind = "jail"
     can_resize_live = True
     can_execute = True
+    can_check_fragments = True
 
     @staticmethod
     def link_taken(link_index):

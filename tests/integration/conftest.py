@@ -15,11 +15,15 @@ import pytest
 from orchestrator import config as config_mod
 from orchestrator.proxy import FrontProxy
 
+from . import kvm_host as kvm
+
 REPO = Path(__file__).resolve().parents[2]
 ORCH = Path(sys.executable).parent / "orch"
 IMAGES = REPO / ".cache" / "images"
 # Per run, so two test runs on one host (a clone beside a work tree) never share links.
 POOL = f"10.253.{os.getpid() % 250}.0/24"
+LOOPBACK_POOL = f"127.78.{os.getpid() % 250}.0/24"
+_instances = iter(range(1000))
 
 
 def free_port():
@@ -37,11 +41,19 @@ class Orch:
         self.proxy_port = proxy_port
         self.cgroup_parent = cgroup_parent
         self.env = {**os.environ, "ORCH_HOME": str(home)}
+        # libvirt's volumes live where the hypervisor's own user can reach them (pytest's
+        # folders are closed to other users), in a pool of this instance's own.
+        tag = f"orchtest{os.getpid()}x{next(_instances)}"
+        self.kvm_pool = tag
+        self.kvm_pool_path = REPO / ".cache" / "kvm" / tag
+        self.domain_prefix = f"{tag}-"
         (home / "config.toml").write_text(
             f'[images]\ndir = "{IMAGES}"\n'
             f'[proxy]\naddress = "127.0.0.1"\nport = {proxy_port}\n'
             f'[allocation]\naddress_pool = "{POOL}"\n'
             f'[cgroups]\nparent = "{cgroup_parent}"\n'
+            f'[kvm]\npool = "{tag}"\npool_path = "{self.kvm_pool_path}"\n'
+            f'domain_prefix = "{self.domain_prefix}"\nloopback_pool = "{LOOPBACK_POOL}"\n'
         )
         self.config = config_mod.load(self.env)
 
@@ -91,7 +103,10 @@ class Orch:
             found += [f"netns {n.name}" for n in netns.iterdir() if _netns_in_pool(n.name)]
         for pattern in (self.cgroup_parent, f"*/{self.cgroup_parent}"):
             found += [f"cgroup {g}" for g in Path("/sys/fs/cgroup").glob(pattern)]
-        for folder in ("tenants", "runs"):
+        found += [f"domain {name}" for name in kvm.domains(self.domain_prefix)]
+        found += [f"volume {name}" for name in kvm.volumes(self.kvm_pool)
+                  if name.startswith(self.domain_prefix)]
+        for folder in ("tenants", "runs", "kvm/keys", "kvm/console"):
             if (self.home / folder).is_dir():
                 found += [f"dir {d}" for d in (self.home / folder).iterdir()
                       if not d.name.startswith("_")]  # orch's own runs, not a tenant's
@@ -127,6 +142,7 @@ def orch_instance(home):
         instance.run("delete-tenant", tenant["name"], check=False)
     FrontProxy(instance.config).stop()
     left = instance.leftovers()
+    kvm.remove_pool(instance.kvm_pool, instance.kvm_pool_path)
     assert not left, f"the test left these on the host: {left}"
 
 

@@ -16,6 +16,9 @@ class FakeBackend(Backend):
     def preflight(self):
         self._call("preflight")
 
+    def ensure_image(self, progress=None):
+        self._call("image")
+
     def create(self, tenant, record):
         record("fake_root", name=tenant.name)
         self._call("create", tenant.name)

@@ -9,7 +9,6 @@ from orchestrator.spec import TenantSpec
 
 @pytest.fixture
 def host(config, fake_backend, monkeypatch):
-    monkeypatch.setattr(tenants.images, "ensure", lambda config, progress=None: None)
     monkeypatch.setattr(tenants.capacity, "host_memory_bytes", lambda: 64 << 30)
     monkeypatch.setattr(tenants, "wait_healthy", lambda host, tenant: "ok")
     monkeypatch.setattr(tenants, "check_through_proxy", lambda host, tenant: None)
@@ -33,7 +32,7 @@ def test_create_runs_every_step_in_order(host, fake_backend, monkeypatch):
         name) or {"changed": 3})
     tenant = tenants.create(host, spec())
     assert tenant.state == "running"
-    assert [c[0] for c in fake_backend.calls] == ["preflight", "create", "start"]
+    assert [c[0] for c in fake_backend.calls] == ["preflight", "image", "create", "start"]
     assert converged == ["acme"]
     assert host.applied == [["acme"]]
     kinds = [r.kind for r in host.store.resources("acme")]

@@ -35,6 +35,8 @@ NAMESPACE = "https://orch.invalid/xmlns/tenant/1"
 RESOURCE_KINDS = ("kvm_keys", "kvm_volume", "kvm_domain")
 SERVICE = "orch-httpd.service"
 SEED_LABEL = "orchseed"
+#: The emulator's translation cache per guest, when there is no KVM.
+TB_CACHE_MIB = 128
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
 
@@ -216,8 +218,10 @@ class KvmBackend(Backend):
             f"{base_path}</path><format type='qcow2'/></backingStore></volume>", 0)
 
         existing = self.domain(tenant)
-        # A domain left under this name (by a crash before its record) keeps its UUID:
-        # libvirt refuses to redefine a name with a new one.
+        if existing is not None:
+            self._check_takeover(tenant, existing)
+        # A domain left under this name keeps its UUID: libvirt refuses to redefine a name
+        # with a new one.
         domain_uuid = existing.UUIDString() if existing else str(uuid.uuid4())
         record("kvm_domain", name=self.domain_name(tenant), uuid=domain_uuid)
         xml = self.domain_xml(tenant, domain_uuid, image.key,
@@ -234,6 +238,25 @@ class KvmBackend(Backend):
                              **step) from None
         self._wait_for_ssh(tenant)
 
+    def _check_takeover(self, tenant, domain):
+        """A stopped domain of the tenant's name, not another state directory's, may be
+        redefined; anything else is refused."""
+        libvirt = _libvirt()
+        name = domain.name()
+        fix = (f"remove it (`virsh undefine {name}`) if it is not needed, or set another "
+               "[kvm] domain_prefix")
+        if domain.isActive():
+            raise StepFailed(f"a running domain {name} already exists", tenant=tenant.name,
+                             step="create", fix=fix)
+        try:
+            facts = domain.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, NAMESPACE)
+        except libvirt.libvirtError:
+            return  # no orch facts: a bare definition under orch's name
+        home = _xml_text(facts, f"{{{NAMESPACE}}}home")
+        if home and home != str(self.config.home):
+            raise StepFailed(f"domain {name} belongs to the orch state directory {home}",
+                             tenant=tenant.name, step="create", fix=fix)
+
     def domain_xml(self, tenant, domain_uuid, image_key, boot_paths):
         env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES),
                                  autoescape=True, undefined=jinja2.StrictUndefined)
@@ -246,6 +269,7 @@ class KvmBackend(Backend):
             seed_volume=self.volume_names(tenant)["seed"], network=self.config.kvm_network,
             bridge=self.config.kvm_bridge, console_log=self.console_log(tenant),
             ssh_port=self.config.kvm_ssh_port, outbound=self.config.kvm_outbound,
+            tb_cache_mib=TB_CACHE_MIB,
         )
 
     def domain_type(self):
@@ -479,7 +503,8 @@ class KvmBackend(Backend):
                             check_reach=False)
         if done.returncode == 0 and done.stdout.strip().isdigit():
             processes = int(done.stdout.strip())
-        return {"memory_current": current, "memory_peak": stats.get("rss", 0) * 1024,
+        # The guest keeps no peak of its own; the report's peak is the highest sample.
+        return {"memory_current": current, "memory_peak": current,
                 "memory_cache": cache, "cpu_seconds": round(cpu_ns / 1e9, 3),
                 "processes": processes}
 

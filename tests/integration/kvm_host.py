@@ -39,6 +39,12 @@ def domain(name):
                 dom.XMLDesc(0))
 
 
+def define(xml):
+    conn = _conn()
+    with contextlib.closing(conn):
+        conn.defineXML(xml)
+
+
 def volumes(pool_name):
     import libvirt
 

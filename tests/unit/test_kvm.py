@@ -105,3 +105,36 @@ def test_the_probe_refuses_a_kernel_that_printed_nothing(monkeypatch, tmp_path):
     monkeypatch.setattr(accel.subprocess, "run", hung)
     works, detail = accel.probe(tmp_path / "vmlinuz", seconds=1)
     assert works is False and "no sign of the kernel" in detail
+
+
+class _LeftDomain:
+    """A defined domain as libvirt reports it, with or without orch's facts."""
+
+    def __init__(self, active=False, home=None):
+        self.active, self.home = active, home
+
+    def name(self):
+        return "orch-vm1"
+
+    def isActive(self):
+        return self.active
+
+    def metadata(self, kind, uri):
+        import libvirt
+
+        if self.home is None:
+            raise libvirt.libvirtError("no metadata")
+        return f'<orch:tenant xmlns:orch="{uri}"><orch:home>{self.home}</orch:home></orch:tenant>'
+
+
+def test_a_left_domain_is_taken_over_only_when_stopped_and_not_anothers(tmp_path):
+    from orchestrator.errors import StepFailed
+
+    config = config_mod.from_mapping({}, tmp_path / "home")
+    backend = KvmBackend(config, store=None)
+    backend._check_takeover(_tenant(), _LeftDomain())
+    backend._check_takeover(_tenant(), _LeftDomain(home=str(config.home)))
+    with pytest.raises(StepFailed, match="running domain orch-vm1"):
+        backend._check_takeover(_tenant(), _LeftDomain(active=True))
+    with pytest.raises(StepFailed, match="belongs to the orch state directory /elsewhere"):
+        backend._check_takeover(_tenant(), _LeftDomain(home="/elsewhere"))

@@ -561,7 +561,7 @@ class KvmBackend(Backend):
                 last = "the domain stopped"
                 break
             try:
-                self._client(tenant, timeout=10)
+                self._client(tenant, timeout=max(1.0, min(10.0, deadline - time.monotonic())))
                 return
             except (OSError, EOFError, paramiko.SSHException) as exc:
                 last = str(exc) or type(exc).__name__

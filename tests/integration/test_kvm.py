@@ -65,7 +65,8 @@ def test_a_kvm_tenant_answers_through_the_proxy_and_leaves_nothing(orch):
     assert root.get("type") in ("kvm", "qemu")
     assert root.find(f"metadata/{{{NAMESPACE}}}tenant/{{{NAMESPACE}}}hostname").text == \
         "vm1.example.test"
-    assert int(root.findtext("memory")) == facts["memory_limit_bytes"]
+    assert root.find("memory").get("unit") == "KiB"
+    assert int(root.findtext("memory")) << 10 == facts["memory_limit_bytes"]
     tenant_volumes = [v for v in kvm_host.volumes(orch.kvm_pool)
                       if v.startswith(orch.domain_prefix)]
     assert sorted(tenant_volumes) == [f"{domain_name}-seed.img", f"{domain_name}.qcow2"]

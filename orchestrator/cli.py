@@ -141,7 +141,8 @@ def _parser():
     what = config.add_mutually_exclusive_group(required=True)
     what.add_argument("file", nargs="?", help="the new fragment ('-' for standard input)")
     what.add_argument("--show", action="store_true", help="print the live fragment")
-    what.add_argument("--rollback", action="store_true", help="go back to the previous one")
+    what.add_argument("--rollback", action="store_true",
+                      help="go back to the newest earlier one that passes the checks")
     return parser
 
 
@@ -373,7 +374,10 @@ def _tenant_config(args, host):
     progress = Progress(enabled=True)
     if args.rollback:
         result = fragments.rollback(host, args.name, progress)
-        _print(args, result, f"tenant {args.name}: the previous fragment is live again")
+        lines = [f"skipped history entry {s['entry']} ({s['step']}): {s['reason']}"
+                 for s in result["skipped"]]
+        lines.append(f"tenant {args.name}: history entry {result['entry']} is live again")
+        _print(args, result, "\n".join(lines))
         return
     try:
         text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()

@@ -121,3 +121,29 @@ def test_a_tenant_already_on_the_image_is_left_alone(host):
 def test_usage_names_each_images_tenants(host):
     ImageBackend.lowers["alpha"] = host.config.images_dir / "new" / "rootfs"
     assert rollout.usage(host) == {"new": ["alpha"], "old": ["beta", "gamma"]}
+
+
+def test_the_command_prints_a_summary_and_fails_when_one_tenant_did(tmp_path, monkeypatch,
+                                                                    capsys):
+    from orchestrator import cli
+
+    monkeypatch.setenv("ORCH_HOME", str(tmp_path))
+    moved = {"name": "alpha", "failure": None, "image_from": "old", "image_to": "new",
+             "image": "new", "changed": ["Write a file"],
+             "actions": ["remounted its root over base image new"]}
+    back = {**moved, "name": "beta", "image": "old", "changed": [],
+            "failure": "tenant beta, step image: on base image new, step health: HTTP 500"}
+    monkeypatch.setattr(cli.rollout, "move", lambda host, names, image, progress: [moved, back])
+    assert cli.main(["reprovision", "--all", "--image", "current"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["NAME", "RESULT", "IMAGE", "CHANGED", "NOTES"]
+    assert lines[1].split()[:4] == ["alpha", "moved", "new", "1"]
+    assert lines[2].split()[:4] == ["beta", "failed", "old", "0"]
+
+
+def test_image_and_check_cannot_be_combined(tmp_path, monkeypatch, capsys):
+    from orchestrator import cli
+
+    monkeypatch.setenv("ORCH_HOME", str(tmp_path))
+    assert cli.main(["reprovision", "--all", "--check", "--image", "current"]) == 2
+    assert "cannot be combined" in capsys.readouterr().err

@@ -193,7 +193,7 @@ def prune(config, in_use, mounts_text=None):
             elif entry["id"] in in_use:
                 kept.append({"id": entry["id"], "reason": "used by " + ", ".join(
                     sorted(in_use[entry["id"]]))})
-            elif {str(rootfs), str(rootfs.resolve())} & mounted:
+            elif _names_of(folder, rootfs) & mounted:
                 kept.append({"id": entry["id"], "reason": "mounted as a lower layer on this "
                              "host (by another state directory?)"})
             else:
@@ -201,6 +201,14 @@ def prune(config, in_use, mounts_text=None):
                 removed.append(entry["id"])
                 log.info("base image %s removed", entry["id"])
     return removed, kept
+
+
+def _names_of(folder, rootfs):
+    """How a mount's options may name this image's root. A linked entry is named by its
+    own path only: unlinking it never touches what it points to."""
+    if folder.is_symlink():
+        return {str(rootfs)}
+    return {str(rootfs), str(rootfs.resolve())}
 
 
 def _remove(folder):

@@ -86,7 +86,9 @@ def test_prune_keeps_current_used_and_mounted_images(config, key, tmp_path):
     os.symlink(shared, config.images_dir / shared.name)
     images._set_current(config, key)
     lower = config.images_dir / mounted / "rootfs"
-    mounts = f"overlay /t/root overlay rw,lowerdir={lower},upperdir=/t/upper 0 0\n"
+    mounts = (f"overlay /t/root overlay rw,lowerdir={lower},upperdir=/t/upper 0 0\n"
+              # another cache's tenant on what the link points to: the link may still go
+              f"overlay /u/root overlay rw,lowerdir={shared / 'rootfs'},upperdir=/u/up 0 0\n")
 
     removed, kept = images.prune(config, {used: ["acme"]}, mounts_text=mounts)
 

@@ -147,3 +147,14 @@ def test_image_and_check_cannot_be_combined(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ORCH_HOME", str(tmp_path))
     assert cli.main(["reprovision", "--all", "--check", "--image", "current"]) == 2
     assert "cannot be combined" in capsys.readouterr().err
+
+
+def test_a_stopped_tenant_is_checked_on_its_backend_and_stopped_again(host, monkeypatch):
+    proxied = []
+    monkeypatch.setattr(tenants, "check_through_proxy", lambda host, t: proxied.append(t.name))
+    host.store.set_state("alpha", "stopped")
+    ImageBackend.running.discard("alpha")
+    reports = rollout.move(host, ["alpha"], "new")
+    assert reports[0]["failure"] is None and reports[0]["image"] == "new"
+    assert "then stopped again" in reports[0]["actions"][-1]
+    assert "alpha" not in ImageBackend.running and proxied == []

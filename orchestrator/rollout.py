@@ -108,19 +108,25 @@ def _move_one(host, tenant, target, report, progress):
 
     detail = progress.detail if progress else None
     backend.stop(tenant)
-    converged = False
+    converge_ran = False
     try:
         notes = backend.change_image(tenant, target)
         report["image"] = report["image_to"]
         report["actions"].append(f"remounted its root over base image {report['image_to']}; "
                                  "its upper layer is kept")
         report["actions"].extend(notes)
-        converged = True
+        converge_ran = True
         result = provision.converge(host.config, tenant.name, progress=detail)
         report["changed"] = result["changed_tasks"]
         report["actions"].append(_start_and_check(host, tenant))
     except OrchError as exc:
-        _put_back(host, tenant, old, converged, report, exc, detail)
+        _put_back(host, tenant, old, converge_ran, report, exc, detail)
+    except KeyboardInterrupt:
+        # Interrupted (Ctrl-C, SIGTERM): this tenant goes back, and no other is touched.
+        with contextlib.suppress(StepFailed):
+            _put_back(host, tenant, old, converge_ran, report,
+                      StepFailed("interrupted", tenant=tenant.name, step="image"), detail)
+        raise
 
 
 def _start_and_check(host, tenant):
@@ -142,7 +148,7 @@ def _start_and_check(host, tenant):
     return "answered on its backend, then stopped again (the tenant is stopped)"
 
 
-def _put_back(host, tenant, old, converged, report, exc, detail):
+def _put_back(host, tenant, old, converge_ran, report, exc, detail):
     """Return a tenant whose move failed to the image it was on, converged and started."""
     backend = host.backend(tenant.backend)
     log.error("tenant %s: the move to base image %s failed (%s); putting it back",
@@ -152,7 +158,7 @@ def _put_back(host, tenant, old, converged, report, exc, detail):
         backend.stop(tenant)
         backend.change_image(tenant, old)
         report["image"] = report["image_from"]
-        if converged:
+        if converge_ran:
             # The converge on the new image may have rewritten files in the upper layer.
             provision.converge(host.config, tenant.name, progress=detail)
         report["actions"].append(f"put back on base image {report['image_from']}; "

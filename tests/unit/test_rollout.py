@@ -158,3 +158,16 @@ def test_a_stopped_tenant_is_checked_on_its_backend_and_stopped_again(host, monk
     assert reports[0]["failure"] is None and reports[0]["image"] == "new"
     assert "then stopped again" in reports[0]["actions"][-1]
     assert "alpha" not in ImageBackend.running and proxied == []
+
+
+def test_an_interrupted_move_puts_the_tenant_back_and_stops(host, monkeypatch):
+    def interrupted(host, tenant):
+        if ImageBackend.lowers[tenant.name].parent.name == "new":
+            raise KeyboardInterrupt
+        return "ok"
+    monkeypatch.setattr(tenants, "wait_healthy", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        rollout.move(host, ["alpha", "beta"], "new")
+    assert ImageBackend.lowers["alpha"].parent.name == "old" and "alpha" in ImageBackend.running
+    assert ImageBackend.lowers["beta"].parent.name == "old"  # never touched
+    assert ("stop", "beta") not in [c[:2] for c in FakeBackend.calls]

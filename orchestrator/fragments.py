@@ -376,7 +376,7 @@ def rollback(host, name, progress=None):
             raise FragmentRefused(
                 f"none of the {len(entries)} earlier fragments passes the checks now "
                 f"({reasons}); the live fragment stays", tenant=name, step="rollback",
-                fix="apply a fragment that passes with `orch tenant-config NAME FILE`",
+                fix=f"apply one that passes with `orch tenant-config {name} FILE`",
             )
         applier.switch(text)
         entry.unlink()

@@ -17,6 +17,7 @@ from . import (
     fragments,
     metering,
     reprovision,
+    rollout,
     schedule,
     spec as spec_mod,
     systemd,
@@ -103,6 +104,17 @@ def _parser():
     again.add_argument("name", nargs="?")
     again.add_argument("--all", action="store_true", help="every tenant")
     again.add_argument("--check", action="store_true", help="report drift; change nothing")
+    again.add_argument("--image", metavar="ID", help="move the tenants onto this base image "
+                       "(`current`, or an id from `orch image list`), one at a time")
+
+    image = sub.add_parser("image", help="base images: rebuild, list, prune")
+    flags(image, argparse.SUPPRESS)
+    image_sub = image.add_subparsers(dest="image_command", required=True, metavar="ACTION",
+                                     parser_class=_Parser)
+    for name, text in (("rebuild", "build a new base image and make it current"),
+                       ("list", "every base image and the tenants that use it"),
+                       ("prune", "remove the base images no tenant uses")):
+        flags(image_sub.add_parser(name, help=text), argparse.SUPPRESS)
 
     resize = sub.add_parser("resize", help="change a tenant's memory cap or worker count")
     flags(resize, argparse.SUPPRESS)
@@ -141,7 +153,8 @@ def _parser():
     what = config.add_mutually_exclusive_group(required=True)
     what.add_argument("file", nargs="?", help="the new fragment ('-' for standard input)")
     what.add_argument("--show", action="store_true", help="print the live fragment")
-    what.add_argument("--rollback", action="store_true", help="go back to the previous one")
+    what.add_argument("--rollback", action="store_true",
+                      help="go back to the newest earlier one that passes the checks")
     return parser
 
 
@@ -244,7 +257,11 @@ def _dispatch(args, host, spec):
             return 0 if all(r["ok"] for r in results) else 1
         schedule.run_forever(host)
     elif args.command == "reprovision":
+        if args.image is not None:
+            return _move(args, host)
         return _reprovision(args, host)
+    elif args.command == "image":
+        return _image(args, host)
     elif args.command == "proxy":
         if args.action == "stop":
             host.proxy.stop()
@@ -365,6 +382,53 @@ def _reprovision(args, host):
     return 1 if any(r["failure"] for r in reports) else 0
 
 
+def _move(args, host):
+    if args.check:
+        raise BadInput("--check and --image cannot be combined", step="parse",
+                       fix="`orch reprovision --all --check` reports drift; `--image` moves")
+    names = reprovision.names_for(host, args.name, args.all)
+    reports = rollout.move(host, names, args.image, progress=Progress(enabled=True))
+    rows = []
+    for report in reports:
+        if report["failure"]:
+            result = "failed"
+        elif report["image_from"] == report["image_to"]:
+            result = "unchanged"
+        else:
+            result = "moved"
+        rows.append({"name": report["name"], "result": result,
+                     "image": report["image"] or "", "changed": len(report["changed"]),
+                     "notes": report["failure"] or "; ".join(report["actions"])})
+    text = _table(rows, ["name", "result", "image", "changed", "notes"]) if rows else \
+        "no tenants"
+    _print(args, {"image": reports[0]["image_to"] if reports else None, "tenants": reports},
+           text)
+    return 1 if any(r["failure"] for r in reports) else 0
+
+
+def _image(args, host):
+    if args.image_command == "rebuild":
+        progress = Progress(enabled=True)
+        with progress.step("image"):
+            entry = rollout.rebuild(host, progress=progress.detail)
+        _print(args, entry, f"base image {entry['id']} is built and current; move tenants "
+               "onto it with `orch reprovision --all --image current`")
+    elif args.image_command == "list":
+        rows = rollout.listing(host)
+        shown = [{**r, "current": "yes" if r["current"] else "",
+                  "built": time.strftime("%Y-%m-%d %H:%M", time.gmtime(r["built_at"])),
+                  "tenants": ", ".join(r["tenants"]) or "-"} for r in rows]
+        _print(args, {"images": rows},
+               _table(shown, ["id", "current", "built", "tenants"]) if rows else
+               "no base image is built")
+    else:
+        removed, kept = rollout.prune(host)
+        lines = [f"removed {image_id}" for image_id in removed]
+        lines += [f"kept {k['id']}: {k['reason']}" for k in kept]
+        _print(args, {"removed": removed, "kept": kept}, "\n".join(lines))
+    return 0
+
+
 def _tenant_config(args, host):
     if args.show:
         result = fragments.show(host, args.name)
@@ -373,7 +437,10 @@ def _tenant_config(args, host):
     progress = Progress(enabled=True)
     if args.rollback:
         result = fragments.rollback(host, args.name, progress)
-        _print(args, result, f"tenant {args.name}: the previous fragment is live again")
+        lines = [f"skipped history entry {s['entry']} ({s['step']}): {s['reason']}"
+                 for s in result["skipped"]]
+        lines.append(f"tenant {args.name}: history entry {result['entry']} is live again")
+        _print(args, result, "\n".join(lines))
         return
     try:
         text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()

@@ -77,6 +77,15 @@ class FragmentStore:
         self.write_live(EMPTY)
         return kept
 
+    def set_aside(self, entry, reason):
+        """Move a history entry that fails the checks into the quarantine folder."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        kept = f"{QUARANTINE_DIR}/history-{entry.stem}-{stamp}.conf"
+        _write(self.path(kept), entry.read_text())
+        _write(self.path(f"{kept}.reason"), reason + "\n")
+        entry.unlink()
+        return kept
+
 
 def fragment_backend(host, tenant):
     """The tenant's backend, when it can check and switch fragments; BadInput otherwise."""
@@ -340,8 +349,31 @@ def show(host, name):
     return {"name": name, "fragment": store.live(), "history": len(store.history())}
 
 
+def newest_passing(entries, check):
+    """Walk the history back from the newest entry to the first whose text passes `check`.
+
+    Returns (entry, text, skipped), where skipped lists each newer entry that failed, with
+    the reason; entry is None when none passes.
+    """
+    skipped = []
+    for entry in reversed(entries):
+        text = entry.read_text()
+        try:
+            check(text)
+        except FragmentRefused as exc:
+            skipped.append({"entry": entry.stem, "step": exc.step, "reason": exc.message})
+            continue
+        return entry, text, skipped
+    return None, None, skipped
+
+
 def rollback(host, name, progress=None):
-    """Go back to the fragment that was live before the current one."""
+    """Go back to the newest earlier fragment that still passes the checks.
+
+    Entries newer than it that fail them are set aside under the quarantine folder with
+    their reason, so a later rollback does not meet them again; when none passes,
+    nothing is changed.
+    """
     with host.lock():
         tenant = host.tenant(name)
         applier = FragmentApplier(host, tenant, progress)
@@ -349,9 +381,21 @@ def rollback(host, name, progress=None):
         if not entries:
             raise FragmentRefused("there is no earlier fragment to go back to", tenant=name,
                                   step="rollback", fix="apply a fragment with tenant-config")
-        text = entries[-1].read_text()
-        applier.check(text)
+        entry, text, skipped = newest_passing(entries, applier.check)
+        if entry is None:
+            reasons = "; ".join(f"entry {s['entry']}: {s['reason']}" for s in skipped)
+            raise FragmentRefused(
+                f"none of the {len(entries)} earlier fragments passes the checks now "
+                f"({reasons}); the live fragment stays", tenant=name, step="rollback",
+                fix=f"apply one that passes with `orch tenant-config {name} FILE`",
+            )
         applier.switch(text)
-        entries[-1].unlink()
-        host.store.event(name, "tenant-config", "rolled back to the previous fragment")
-    return {"name": name, "rolled_back": True}
+        entry.unlink()
+        for refused in skipped:
+            path = applier.store.path(f"{HISTORY_DIR}/{refused['entry']}.conf")
+            applier.store.set_aside(path, refused["reason"])
+        message = f"rolled back to history entry {entry.stem}"
+        if skipped:
+            message += " (skipped " + ", ".join(s["entry"] for s in skipped) + ")"
+        host.store.event(name, "tenant-config", message)
+    return {"name": name, "rolled_back": True, "entry": entry.stem, "skipped": skipped}

@@ -33,6 +33,8 @@ def reprovision(host, names, check=False, progress=None):
             if tenant.state not in CONVERGEABLE:
                 reports[tenant.name]["failure"] = (
                     f"tenant is {tenant.state}; run `orch delete-tenant {tenant.name}`")
+        ready = [t for t in ready if _restore(host, t, reports[t.name], check)]
+        results = {}
         if ready:
             step = "check" if check else "converge"
             context = progress.step(step) if progress else _null()
@@ -71,6 +73,28 @@ class _null:
 def _report(tenant):
     return {"name": tenant.name, "changed": [], "diffs": [], "actions": [], "drift": [],
             "failure": None, "at": time.time()}
+
+
+def _restore(host, tenant, report, check):
+    """Bring back a guest's root, network and cgroup before Ansible needs them (after a
+    host reboot); with `check`, report them as drift and leave the guest out of the run.
+    Whether the tenant can be converged."""
+    backend = host.backend(tenant.backend)
+    try:
+        missing = backend.restore(tenant, check=check)
+    except OrchError as exc:
+        report["failure"] = str(exc)
+        if not check:
+            host.store.record_converge(tenant.name, report)
+        return False
+    if missing and check:
+        report["drift"].append(f"missing from the guest (a host reboot?): {', '.join(missing)};"
+                               f" `orch reprovision {tenant.name}` restores it")
+        return False
+    if missing:
+        report["actions"].append(f"restored what the guest was missing ({', '.join(missing)})"
+                                 " before the converge, as `orch start` does")
+    return True
 
 
 def _check_guest(host, tenant, report):

@@ -197,6 +197,11 @@ class Store:
         ).fetchall()
         return [Resource(r["id"], r["tenant"], r["kind"], json.loads(r["data"])) for r in rows]
 
+    def update_resource(self, resource_id, **data):
+        """Replace what a recorded object says about itself (a mount's new lower layer)."""
+        self.db.execute("UPDATE resources SET data = ? WHERE id = ?",
+                        (json.dumps(data, sort_keys=True), resource_id))
+
     def drop_resource(self, resource_id):
         self.db.execute("DELETE FROM resources WHERE id = ?", (resource_id,))
 

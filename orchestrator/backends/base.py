@@ -18,6 +18,8 @@ class Backend(abc.ABC):
     #: A tenant's own httpd.conf fragment can be checked and switched (`tenant-config`);
     #: this needs the guest's files seen from the host (`guest_root`) and `spawn`.
     can_check_fragments = False
+    #: The guest's root is layered over a base image that can be changed (`change_image`).
+    can_change_image = False
 
     def __init__(self, config, store):
         self.config = config
@@ -68,6 +70,20 @@ class Backend(abc.ABC):
     def resize(self, tenant, memory_bytes, max_clients):
         """Apply new caps: to a running guest when `can_resize_live`, else while stopped."""
         raise NotImplementedError(f"backend {self.kind} cannot resize a running guest")
+
+    def restore(self, tenant, check=False):
+        """Bring back what a host reboot takes away from a guest (its root, network and
+        limits), short of starting it; return what was missing, in words. With `check`,
+        only say what is missing."""
+        return []
+
+    def image_of(self, tenant):
+        """The root of the base image the tenant's guest is layered over, or None."""
+        return None
+
+    def change_image(self, tenant, rootfs):
+        """Layer the stopped guest's root over another base image; return notes, in words."""
+        raise NotImplementedError(f"backend {self.kind} has no base image to change")
 
     def inspect(self, tenant):
         """What of a running guest is missing on the host, in words; empty when whole."""

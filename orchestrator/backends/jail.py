@@ -60,6 +60,7 @@ class JailBackend(Backend):
     can_resize_live = True
     can_execute = True
     can_check_fragments = True
+    can_change_image = True
 
     @staticmethod
     def link_taken(link_index):
@@ -172,18 +173,18 @@ class JailBackend(Backend):
         hostcmd.run(["ip", "addr", "add", f"{tenant.host_address}/31", "dev", link], **step)
         hostcmd.run(["ip", "link", "set", link, "up"], **step)
 
-    def _mount_root(self, tenant, base):
+    def _mount_root(self, tenant, base, step="create"):
         tdir = self.tenant_dir(tenant)
         options = f"lowerdir={base},upperdir={tdir / 'upper'},workdir={tdir / 'work'}"
         hostcmd.run(
             ["mount", "-t", "overlay", "-o", f"{options},nosuid", "overlay", "--", tdir / "root"],
-            tenant=tenant.name, step="create",
+            tenant=tenant.name, step=step,
         )
 
     def start(self, tenant):
         if self.status(tenant) == "running":
             return
-        self._restore(tenant)
+        self.restore(tenant)
         group = self.cgroup(tenant)
         names = self.names(tenant)
         log_path = self.tenant_dir(tenant) / "console.log"
@@ -210,23 +211,87 @@ class JailBackend(Backend):
             )
         log.info("tenant %s: Apache started as host pid %s", tenant.name, done.stdout.strip())
 
-    def _restore(self, tenant):
-        """Bring back the mount and network a host reboot takes away, if they are missing."""
+    def restore(self, tenant, check=False):
+        """Bring back the mount, network and cgroup a host reboot takes away, if missing.
+
+        The root is mounted over the base image recorded for the tenant, never simply
+        the current one: a tenant moves to a new image only through `change_image`.
+        """
         names = self.names(tenant)
+        step = {"tenant": tenant.name, "step": "restore"}
+        missing = []
         if not os.path.ismount(self.root(tenant)):
-            self._mount_root(tenant, images.rootfs_for(self.config))
-        if (NETNS_DIR / names["netns"]).exists() and not Path(
-                f"/sys/class/net/{names['link']}").exists():
-            # Half a network (its link deleted): make it again whole.
-            hostcmd.run(["ip", "netns", "delete", names["netns"]], tenant=tenant.name,
-                        step="start")
-        if not (NETNS_DIR / names["netns"]).exists():
-            self._guard_pool(tenant)
-            self._make_network(tenant, names)
+            missing.append("root mount")
+            if not check:
+                self._mount_root(tenant, self._recorded_lower(tenant), step="restore")
+        half = (NETNS_DIR / names["netns"]).exists() and not Path(
+            f"/sys/class/net/{names['link']}").exists()
+        if half or not (NETNS_DIR / names["netns"]).exists():
+            missing.append("network")
+            if not check:
+                if half:  # its link deleted: make the network again whole
+                    hostcmd.run(["ip", "netns", "delete", names["netns"]], **step)
+                self._guard_pool(tenant)
+                self._make_network(tenant, names)
         group = self.cgroup(tenant)
         if not group.complete():
-            group.create(tenant.memory_limit_bytes, limits.pids_for(tenant.max_clients),
-                         self.config.cpu_weight)
+            missing.append("cgroup")
+            if not check:
+                group.create(tenant.memory_limit_bytes, limits.pids_for(tenant.max_clients),
+                             self.config.cpu_weight)
+        return missing
+
+    def _mount_record(self, tenant):
+        for resource in self.store.resources(tenant.name):
+            if resource.kind == "mount":
+                return resource
+        raise StepFailed("no root mount is recorded for this tenant", tenant=tenant.name,
+                         step="restore", fix=f"run `orch delete-tenant {tenant.name}` and "
+                         "create it again")
+
+    def _recorded_lower(self, tenant):
+        record = self._mount_record(tenant)
+        lower = Path(record.data.get("lower") or images.rootfs_for(self.config))
+        if not lower.is_dir():
+            raise StepFailed(
+                f"the base image {lower} the tenant's root is layered over is missing",
+                tenant=tenant.name, step="restore",
+                fix="restore it from a backup, or build one with `orch image rebuild` and "
+                    f"move the tenant with `orch reprovision {tenant.name} --image current`",
+            )
+        return lower
+
+    def image_of(self, tenant):
+        record = self._mount_record(tenant)
+        return Path(record.data.get("lower") or images.rootfs_for(self.config))
+
+    def change_image(self, tenant, rootfs):
+        """Remount the stopped guest's root with `rootfs` as its lower layer; the upper
+        layer (everything the roles and the tenant wrote) stays as it is."""
+        step = {"tenant": tenant.name, "step": "image"}
+        if self.status(tenant) == "running":
+            raise StepFailed("the guest is running", **step,
+                             fix=f"stop it first: orch stop {tenant.name}")
+        if not Path(rootfs).is_dir():
+            raise StepFailed(f"base image {rootfs} is missing", **step,
+                             fix="see `orch image list`")
+        record = self._mount_record(tenant)
+        old = record.data.get("lower")
+
+        _unmount(str(self.root(tenant)), step)
+        self.store.update_resource(record.id, **{**record.data, "lower": str(rootfs)})
+        try:
+            self._mount_root(tenant, rootfs, step="image")
+        except StepFailed:
+            self.store.update_resource(record.id, **record.data)
+            if old:
+                self._mount_root(tenant, old, step="image")
+            raise
+        notes = []
+        if (self.tenant_dir(tenant) / "upper/var/lib/dpkg/status").exists():
+            notes.append("its upper layer keeps a package database of its own "
+                         "(/var/lib/dpkg/status), which hides the new image's")
+        return notes
 
     def stop(self, tenant, timeout=10.0):
         group = self.cgroup(tenant)

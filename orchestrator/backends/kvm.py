@@ -349,6 +349,23 @@ class KvmBackend(Backend):
                              f"{(done.stderr or done.stdout).strip()}", tenant=tenant.name,
                              step="start", fix="see Apache's error log below and in the guest")
 
+    def restore(self, tenant, check=False):
+        """A guest that should run but whose domain is down (libvirtd did not autostart
+        it) is booted, so Ansible can reach it; Apache is left to `start`."""
+        domain = self.domain(tenant)
+        if tenant.state != "running" or domain is None or domain.isActive():
+            return []
+        if not check:
+            libvirt = _libvirt()
+            try:
+                domain.create()
+            except libvirt.libvirtError as exc:
+                raise StepFailed(f"libvirt could not start the domain: "
+                                 f"{exc.get_error_message()}", tenant=tenant.name,
+                                 step="restore") from None
+            self._wait_for_ssh(tenant)
+        return [f"domain {self.domain_name(tenant)} was not running"]
+
     def graceful(self, tenant):
         done = self.execute(tenant, ["systemctl", "reload-or-restart", SERVICE], as_root=True)
         if done.returncode != 0:

@@ -1,6 +1,9 @@
 """`orch reprovision`: drift reported with --check, removed without it, and a second run
-that changes nothing and keeps every Apache master process."""
+that changes nothing and keeps every Apache master process; a guest whose root a reboot
+unmounted is restored before it is converged."""
 
+import contextlib
+import ipaddress
 import json
 import os
 import shutil
@@ -9,7 +12,7 @@ import subprocess
 
 import pytest
 
-from .conftest import in_jail, wait_for
+from .conftest import in_jail, tenant_processes, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -139,3 +142,30 @@ def test_one_failing_tenant_does_not_stop_the_others(fleet):
         folder.unlink()
     code, reports = again(fleet, "rone")
     assert code == 0 and fleet.get("rone.example.test")[0] == 200
+
+
+def test_a_guest_unmounted_by_a_reboot_is_restored_then_converged(fleet):
+    facts = fleet.show("rone")
+    for pid, _, _ in tenant_processes(fleet, "rone"):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert wait_for(lambda: not tenant_processes(fleet, "rone"))
+    subprocess.run(["umount", "--", str(root(fleet, "rone"))], check=True)
+    index = int(ipaddress.IPv4Address(facts["address"])) & 0xFFFFFF
+    subprocess.run(["ip", "netns", "delete", f"orch-ot{index}"], check=True)
+
+    code, reports = again(fleet, "--check", "rone")
+    assert code == 0
+    drift = reports["rone"]["drift"]
+    assert any("(a host reboot?): root mount, network;" in d for d in drift), reports
+    assert not os.path.ismount(root(fleet, "rone"))  # --check changed nothing
+
+    code, reports = again(fleet, "rone")
+    assert code == 0, reports
+    actions = reports["rone"]["actions"]
+    assert any("restored what the guest was missing (root mount, network)" in a
+               for a in actions), actions
+    assert any("started Apache" in a for a in actions), actions
+    status, body, _ = fleet.get("rone.example.test")
+    assert status == 200 and f"tenant rone: uid={facts['uid']} " in body
+    assert {uid for _, uid, _ in tenant_processes(fleet, "rone")} == {facts["uid"]}

@@ -184,3 +184,4 @@ def test_no_trial_process_is_left(shop, tmp_path):
     for child in Path(f"/proc/{master}/task/{master}/children").read_text().split():
         cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
         assert b"trial.conf" not in cmdline
+

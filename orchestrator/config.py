@@ -57,6 +57,8 @@ class Config:
     open_files: int = 4096
     cpu_weight: int = 100
     health_timeout: float = 30.0
+    #: Days usage samples are kept, a deleted tenant's included (for its last bill).
+    retention_days: int = 90
 
     @property
     def state_db(self):
@@ -124,6 +126,7 @@ _KNOWN = {
     "capacity": {"host_reserve": (str, int), "overcommit": (int, float)},
     "defaults": {"memory": (str, int), "max_clients": int, "health_timeout": (int, float),
                  "child_size": (str, int), "open_files": int, "cpu_weight": int},
+    "metering": {"retention": int},
 }
 
 
@@ -214,6 +217,8 @@ def from_mapping(raw, home, source="config"):
     for key in ("open_files", "cpu_weight"):
         if get("defaults", key) is not None:
             fields[key] = get("defaults", key)
+    if get("metering", "retention") is not None:
+        fields["retention_days"] = get("metering", "retention")
     config = Config(**fields)
     check(config)
     return config
@@ -261,6 +266,10 @@ def check(config, local_ports=None):
     if not 1 <= config.cpu_weight <= 10000:
         raise ConfigError(f"[defaults] cpu_weight {config.cpu_weight} is outside 1-10000",
                           step="config", fix="100 is an even share")
+    if not 1 <= config.retention_days <= 36600:
+        raise ConfigError(f"[metering] retention {config.retention_days} is outside 1-36600 "
+                          "days", step="config",
+                          fix="keep samples at least as long as a billing period, e.g. 90")
     if config.child_size_bytes < 4 << 20:
         raise ConfigError("[defaults] child_size is below 4M", step="config",
                           fix="measure an idle mod_perl child; 48M is typical")

@@ -46,6 +46,11 @@ CREATE TABLE IF NOT EXISTS samples (
     processes INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS samples_by_time ON samples (at, tenant);
+CREATE TABLE IF NOT EXISTS deletions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant TEXT NOT NULL,
+    at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS converges (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     tenant TEXT NOT NULL,
@@ -176,12 +181,15 @@ class Store:
             (json.dumps(variables, sort_keys=True), time.time(), name),
         )
 
-    def delete(self, name):
+    def delete(self, name, at=None):
+        """Forget the tenant, but keep its samples for billing until the retention ends."""
+        at = time.time() if at is None else at
         with self.transaction() as db:
             db.execute("DELETE FROM resources WHERE tenant = ?", (name,))
             db.execute("DELETE FROM events WHERE tenant = ?", (name,))
             db.execute("DELETE FROM converges WHERE tenant = ?", (name,))
-            db.execute("DELETE FROM samples WHERE tenant = ?", (name,))
+            if db.execute("SELECT 1 FROM samples WHERE tenant = ? LIMIT 1", (name,)).fetchone():
+                db.execute("INSERT INTO deletions (tenant, at) VALUES (?, ?)", (name, at))
             db.execute("DELETE FROM tenants WHERE name = ?", (name,))
 
     def add_resource(self, tenant, kind, **data):
@@ -223,7 +231,17 @@ class Store:
         )
 
     def prune_samples(self, before):
-        self.db.execute("DELETE FROM samples WHERE at < ?", (before,))
+        """Drop the samples, and the deletions, older than `before`."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM samples WHERE at < ?", (before,))
+            db.execute("DELETE FROM deletions WHERE at < ?", (before,))
+
+    def deletions(self, start, end):
+        """When each tenant deleted in [start, end] was deleted (the last time, if twice)."""
+        rows = self.db.execute(
+            "SELECT tenant, MAX(at) AS at FROM deletions WHERE at >= ? AND at <= ?"
+            " GROUP BY tenant", (start, end)).fetchall()
+        return {row["tenant"]: row["at"] for row in rows}
 
     def samples(self, start, end):
         """Samples taken in [start, end], oldest first, grouped by tenant."""

@@ -11,6 +11,12 @@ def test_defaults(tmp_path):
     assert config.images_dir == tmp_path / "images"
 
 
+def test_metering_retention_is_configurable(tmp_path):
+    assert config_mod.from_mapping({}, tmp_path).retention_days == 90
+    config = config_mod.from_mapping({"metering": {"retention": 400}}, tmp_path)
+    assert config.retention_days == 400
+
+
 def test_port_range_inside_the_ephemeral_range_is_refused(tmp_path):
     config = config_mod.from_mapping({}, tmp_path)
     bad = config.__class__(**{**config.__dict__, "port_range": Range(40000, 40100)})
@@ -67,6 +73,10 @@ def test_broken_toml_names_the_file(tmp_path):
     {"images": {"dir": "/tmp/with,comma"}},
     {"allocation": {"uid_range": "4294967295-4294967296"}},
     {"cgroups": {"parent": "ørch"}},
+    {"metering": {"retention": "90 days"}},
+    {"metering": {"retention": 0}},
+    {"metering": {"retention": 1.5}},
+    {"metering": {"keep": 90}},
 ])
 def test_bad_values_are_config_errors_with_a_step(tmp_path, raw):
     with pytest.raises(ConfigError) as caught:

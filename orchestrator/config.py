@@ -10,6 +10,7 @@ import tomllib
 from pathlib import Path
 
 from .errors import BadInput, ConfigError
+from .limits import parse_cpu_quota
 from .spec import check_limits, parse_size
 
 DEFAULT_HOME = "/var/lib/orch"
@@ -56,6 +57,8 @@ class Config:
     child_size_bytes: int = 48 << 20
     open_files: int = 4096
     cpu_weight: int = 100
+    #: CPUs a tenant may use at most (0.5 for "50%"); None: no cap, only cpu_weight.
+    cpu_quota: float | None = None
     health_timeout: float = 30.0
     #: Days usage samples are kept, a deleted tenant's included (for its last bill).
     retention_days: int = 90
@@ -125,7 +128,8 @@ _KNOWN = {
     "cgroups": {"parent": str},
     "capacity": {"host_reserve": (str, int), "overcommit": (int, float)},
     "defaults": {"memory": (str, int), "max_clients": int, "health_timeout": (int, float),
-                 "child_size": (str, int), "open_files": int, "cpu_weight": int},
+                 "child_size": (str, int), "open_files": int, "cpu_weight": int,
+                 "cpu_quota": (str, int, float)},
     "metering": {"retention": int},
 }
 
@@ -217,6 +221,13 @@ def from_mapping(raw, home, source="config"):
     for key in ("open_files", "cpu_weight"):
         if get("defaults", key) is not None:
             fields[key] = get("defaults", key)
+    if get("defaults", "cpu_quota") is not None:
+        try:
+            fields["cpu_quota"] = parse_cpu_quota(get("defaults", "cpu_quota"))
+        except ValueError as exc:
+            raise _bad("defaults", "cpu_quota", get("defaults", "cpu_quota"),
+                       f"is not a CPU quota: {exc}",
+                       'write it like "50%" (half of one CPU) or 2 (two CPUs)') from None
     if get("metering", "retention") is not None:
         fields["retention_days"] = get("metering", "retention")
     config = Config(**fields)

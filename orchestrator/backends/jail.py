@@ -75,7 +75,7 @@ class JailBackend(Backend):
         if "overlay" not in Path("/proc/filesystems").read_text():
             raise PreflightError("the kernel has no overlay file system", step="preflight",
                                  fix="load it with `modprobe overlay`")
-        limits.preflight()
+        limits.preflight(cpu_quota=self.config.cpu_quota is not None)
 
     # Paths and names --------------------------------------------------------------------
 
@@ -128,7 +128,7 @@ class JailBackend(Backend):
 
         record("cgroup", parent=group.parent, name=group.name)
         group.create(tenant.memory_limit_bytes, limits.pids_for(tenant.max_clients),
-                     self.config.cpu_weight)
+                     self.config.cpu_weight, self.config.cpu_quota)
 
         self._guard_pool(tenant)
         record("netns", name=names["netns"])
@@ -225,7 +225,7 @@ class JailBackend(Backend):
         group = self.cgroup(tenant)
         if not group.complete():
             group.create(tenant.memory_limit_bytes, limits.pids_for(tenant.max_clients),
-                         self.config.cpu_weight)
+                         self.config.cpu_weight, self.config.cpu_quota)
 
     def stop(self, tenant, timeout=10.0):
         group = self.cgroup(tenant)

@@ -11,7 +11,7 @@ from .backends import get_backend
 from .errors import BadInput, NotFound, OrchError, StepFailed
 from .progress import Progress
 from .proxy import FrontProxy, Route
-from .spec import NAME_RE, printable
+from .spec import NAME_RE, child_limit_for, printable
 from .state import Store
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,8 @@ class Host:
             facts["guest"] = f"unknown ({exc.message})"
             facts["master_pid"] = None
         facts["url"] = self.public_url(tenant)
+        facts["child_limit_bytes"] = child_limit_for(tenant.memory_limit_bytes,
+                                                     tenant.max_clients)
         last = self.store.last_converge(tenant.name)
         facts["last_converge"] = ({k: last[k] for k in ("at", "changed", "actions", "failure")}
                                   if last else None)
@@ -316,8 +318,10 @@ def resize(host, name, memory=None, max_clients=None):
                 ) from None
         host.store.set_limits(name, memory_bytes, clients)
         host.store.event(name, "resize", f"memory {memory_bytes}, max clients {clients}")
-    if clients != tenant.max_clients and tenant.state in ("running", "stopped"):
-        # MaxRequestWorkers lives in the main httpd.conf: converge it, then restart gracefully.
+    changed = (memory_bytes, clients) != (tenant.memory_limit_bytes, tenant.max_clients)
+    if changed and tenant.state in ("running", "stopped"):
+        # MaxRequestWorkers and the per-child size limit live in the main httpd.conf:
+        # converge it, then restart gracefully.
         reports = reprovision.reprovision(host, [name])
         if reports[0]["failure"]:
             raise StepFailed(reports[0]["failure"], tenant=name, step="resize")

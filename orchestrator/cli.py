@@ -13,6 +13,7 @@ from . import (
     __version__,
     boot,
     capacity,
+    childsize,
     config as config_mod,
     fragments,
     metering,
@@ -177,7 +178,8 @@ def _run(args):
     if args.command == "create-tenant":
         # Before the state store is opened: bad input leaves nothing on the host.
         spec = spec_mod.make_spec(args.name, args.hostname, args.backend, args.memory,
-                                  args.max_clients, defaults=config)
+                                  args.max_clients, defaults=config,
+                                  child_size=childsize.recorded(config))
     host = tenants.Host(config)
     try:
         return _dispatch(args, host, spec)

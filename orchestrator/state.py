@@ -19,6 +19,7 @@ CREATE TABLE IF NOT EXISTS tenants (
     hostname TEXT NOT NULL UNIQUE,
     memory_limit_bytes INTEGER NOT NULL,
     max_clients INTEGER NOT NULL,
+    child_size_bytes INTEGER,
     autostart INTEGER NOT NULL DEFAULT 1,
     ansible_vars TEXT NOT NULL DEFAULT '{}',
     failure TEXT,
@@ -87,6 +88,7 @@ class Tenant:
     hostname: str
     memory_limit_bytes: int
     max_clients: int
+    child_size_bytes: int | None
     autostart: bool
     ansible_vars: dict
     failure: str | None
@@ -110,6 +112,7 @@ class Tenant:
             "hostname": self.hostname,
             "memory_limit_bytes": self.memory_limit_bytes,
             "max_clients": self.max_clients,
+            "child_size_bytes": self.child_size_bytes,
             "autostart": self.autostart,
             "failure": self.failure,
             "created_at": self.created_at,
@@ -136,6 +139,9 @@ class Store:
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(SCHEMA)
+        columns = {row["name"] for row in self.db.execute("PRAGMA table_info(tenants)")}
+        if "child_size_bytes" not in columns:  # a state file from before it was measured
+            self.db.execute("ALTER TABLE tenants ADD COLUMN child_size_bytes INTEGER")
 
     def close(self):
         self.db.close()
@@ -174,6 +180,11 @@ class Store:
         self.db.execute(
             "UPDATE tenants SET memory_limit_bytes = ?, max_clients = ?, updated_at = ?"
             " WHERE name = ?", (memory_limit_bytes, max_clients, time.time(), name))
+
+    def set_child_size(self, name, size_bytes):
+        """The measured size (PSS) of one of the tenant's mod_perl children."""
+        self.db.execute("UPDATE tenants SET child_size_bytes = ?, updated_at = ? WHERE name = ?",
+                        (size_bytes, time.time(), name))
 
     def set_ansible_vars(self, name, variables):
         self.db.execute(

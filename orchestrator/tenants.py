@@ -6,7 +6,7 @@ import logging
 import shutil
 import time
 
-from . import allocate, capacity, images, probe, provision
+from . import allocate, capacity, childsize, images, probe, provision
 from .backends import get_backend
 from .errors import BadInput, NotFound, OrchError, StepFailed
 from .progress import Progress
@@ -130,6 +130,7 @@ def create(host, spec, progress=None):
             with progress.step("start"):
                 backend.start(tenant)
                 wait_healthy(host, tenant)
+                childsize.measure(host, tenant)
             step = "proxy"
             with progress.step("proxy"):
                 store.add_resource(tenant.name, "proxy_route", hostname=tenant.hostname)
@@ -218,6 +219,7 @@ def start(host, name):
                            fix=f"run `orch delete-tenant {name}` and create it again")
         host.backend(tenant.backend).start(tenant)
         wait_healthy(host, tenant)
+        childsize.measure(host, tenant)
         host.store.set_state(name, "running")
         host.proxy.apply(host.routes(), tenant=name)
         host.store.event(name, "start", "running")

@@ -15,6 +15,8 @@ class Backend(abc.ABC):
     can_resize_live = False
     #: Commands can be run inside the guest as the tenant (`execute`).
     can_execute = False
+    #: The host sees the guest's Apache children and can read their memory (`worker_pids`).
+    can_measure_children = False
 
     def __init__(self, config, store):
         self.config = config
@@ -63,6 +65,10 @@ class Backend(abc.ABC):
     def master_pid(self, tenant):
         """The host pid of the guest's Apache master, or None when not known."""
         return None
+
+    def worker_pids(self, tenant):
+        """Host pids of the guest's Apache children (not the master)."""
+        raise NotImplementedError(f"backend {self.kind} cannot see its guests' processes")
 
     def console_tail(self, tenant, lines=10):
         """The last lines the guest printed on its console, for error messages."""

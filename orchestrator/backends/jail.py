@@ -59,6 +59,7 @@ class JailBackend(Backend):
     kind = "jail"
     can_resize_live = True
     can_execute = True
+    can_measure_children = True
 
     @staticmethod
     def link_taken(link_index):
@@ -301,6 +302,21 @@ class JailBackend(Backend):
                 if line.startswith("NSpid:") and line.split()[-1] == "1":
                     return pid
         return None
+
+    def worker_pids(self, tenant):
+        """Host pids of the processes in the tenant's cgroup whose parent is its master."""
+        master = self.master_pid(tenant)
+        found = []
+        for pid in sorted(self.cgroup(tenant).pids()):
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except FileNotFoundError:
+                continue
+            parent = next((line.split()[1] for line in status.splitlines()
+                           if line.startswith("PPid:")), None)
+            if master is not None and parent == str(master):
+                found.append(pid)
+        return found
 
     def ansible_host(self, tenant):
         return {

@@ -56,6 +56,7 @@ def test_a_growing_child_is_recycled_before_the_cgroup_acts(orch, tmp_path):
 
     limit_kib = (256 - 64) // 2 * 1024
     assert facts["child_limit_bytes"] == limit_kib * 1024
+    assert 1 << 20 < facts["child_size_bytes"] < 64 << 20  # measured after the first start
     conf = (orch.home / "tenants/grower/root/etc/apache2/orch/httpd.conf").read_text()
     assert conf.index(f"set_max_unshared_size({limit_kib});") > conf.index("Include ")
 
@@ -89,3 +90,17 @@ def test_a_growing_child_is_recycled_before_the_cgroup_acts(orch, tmp_path):
     assert oom_kills(orch, "grower") == 0
     assert orch.get("grower.example.test")[0] == 200
     print(f"answers (pid, private KiB) against a limit of {limit_kib} KiB: {answers}")
+
+
+def test_later_tenants_size_their_workers_by_the_measured_child(orch):
+    first = orch.create("first", None, "--memory", "256M", "--max-clients", "2")
+    measured = orch.show("first")["child_size_bytes"]
+    assert 1 << 20 < measured < 64 << 20
+    assert first["max_clients"] == 2  # given, so not derived
+
+    second = orch.create("second", None, "--memory", "256M")
+    assert second["max_clients"] == min(256, (192 << 20) // max(4 << 20, measured))
+    conf = (orch.home / "tenants/second/root/etc/apache2/orch/httpd.conf").read_text()
+    assert f"\nMaxRequestWorkers {second['max_clients']}\n" in conf
+    assert orch.get("second.example.test")[0] == 200
+

@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 ORCH := $(VENV)/bin/orch
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test unit lint setup clean-demo bench
+.PHONY: demo test unit lint setup clean-demo bench density
 
 setup: $(STAMP)
 
@@ -36,3 +36,6 @@ unit: setup
 
 bench: setup
 	$(PY) bench/create.py
+
+density: setup
+	$(PY) bench/density.py

@@ -4,8 +4,10 @@ A child's size is its PSS (proportional set size, /proc/PID/smaps_rollup): its p
 pages plus its share of every page it maps with other processes, so the PSS of all of a
 tenant's children adds up to what they cost together. orch measures the children of a
 tenant right after its first HTTP 200 and keeps the largest figure: per tenant (shown by
-`orch show`) and for the host, where later creates without --max-clients use it instead
-of `[defaults] child_size`, as long as the base image is the same.
+`orch show`) and for the host. Later creates without --max-clients budget each child the
+larger of that figure (while the base image is the same) and `[defaults] child_size`,
+since a child grows when it works: the measurement lowers the worker count of a tenant
+whose children are large, and a child_size set low lets it decide alone.
 """
 
 import json

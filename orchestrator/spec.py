@@ -173,8 +173,10 @@ def make_spec(name, hostname, backend="jail", memory=None, max_clients=None, *, 
               existing_user=None, child_size=None):
     """Validate every field of a create request and return the spec, or raise BadInput.
 
-    `child_size` is the measured size of a mod_perl child on this host (bytes), used
-    instead of `defaults.child_size_bytes` when the worker count is derived.
+    When the worker count is derived, each child is budgeted the larger of
+    `defaults.child_size_bytes` and `child_size`, the measured size of a mod_perl child on
+    this host: an idle child is smaller than a working one, so a measurement can lower the
+    worker count below what child_size allows, never raise it.
     """
     check_name(name, existing_user)
     try:
@@ -198,7 +200,7 @@ def make_spec(name, hostname, backend="jail", memory=None, max_clients=None, *, 
     elif defaults.default_max_clients is not None:
         clients = defaults.default_max_clients
     else:
-        clients = workers_for(memory_bytes, child_size or defaults.child_size_bytes)
+        clients = workers_for(memory_bytes, max(defaults.child_size_bytes, child_size or 0))
     try:
         check_limits(memory_bytes, clients)
     except BadInput as exc:

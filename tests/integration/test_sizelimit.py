@@ -93,6 +93,9 @@ def test_a_growing_child_is_recycled_before_the_cgroup_acts(orch, tmp_path):
 
 
 def test_later_tenants_size_their_workers_by_the_measured_child(orch):
+    # A child_size below any real child, so the measured figure decides alone.
+    with (orch.home / "config.toml").open("a") as config:
+        config.write('[defaults]\nchild_size = "4M"\n')
     first = orch.create("first", None, "--memory", "256M", "--max-clients", "2")
     measured = orch.show("first")["child_size_bytes"]
     assert 1 << 20 < measured < 64 << 20

@@ -1,6 +1,7 @@
 """The measured size of a mod_perl child: PSS from smaps_rollup, recorded per tenant and
 for the host, and used for the worker count of later creates."""
 
+import dataclasses
 import json
 
 from orchestrator import allocate, childsize, images, spec
@@ -59,11 +60,17 @@ def test_a_measurement_is_recorded_for_the_tenant_and_the_host(config, tmp_path,
         host.close()
     assert childsize.recorded(config) == 20 << 20
 
-    # Later creates without --max-clients size their workers by it.
-    made = spec.make_spec("shop", "shop.example.test", memory="512M", defaults=config,
-                          existing_user=lambda name: False,
-                          child_size=childsize.recorded(config))
-    assert made.max_clients == (512 - 64) // 20
+    # Later creates without --max-clients budget a child the larger of it and child_size.
+    def derived(child_size, defaults=config):
+        return spec.make_spec("shop", "shop.example.test", memory="512M", defaults=defaults,
+                              existing_user=lambda name: False,
+                              child_size=child_size).max_clients
+
+    assert derived(childsize.recorded(config)) == (512 - 64) // 48
+    assert derived(64 << 20) == (512 - 64) // 64
+    assert derived(None) == (512 - 64) // 48
+    low = dataclasses.replace(config, child_size_bytes=4 << 20)
+    assert derived(childsize.recorded(config), low) == (512 - 64) // 20
 
 
 def test_a_figure_from_another_base_image_or_none_at_all_is_not_used(config):

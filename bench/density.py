@@ -13,8 +13,9 @@ Measured side by side in one run, with a warm base image:
 Memory is given with and without the page cache. A cgroup is charged for the file pages
 it reads first: on a cold cache the first tenant pays for the Apache and Perl files every
 later tenant (and the bare server) then shares, and once anything on the host has read
-them no tenant pays for them; "without cache" is what each one holds of its own. A child's size is its PSS (/proc/PID/smaps_rollup). Needs root. Uses loopback
-and the namespaces it makes; removes everything it made.
+them no tenant pays for them; "without cache" is what each one holds of its own. A
+child's size is its PSS, RSS and private memory (/proc/PID/smaps_rollup). Needs root.
+Uses loopback and the namespaces it makes; removes everything it made.
 """
 
 import argparse

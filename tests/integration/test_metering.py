@@ -84,6 +84,9 @@ def test_resize_is_live(pair):
     assert cgroup_file(pair, "steady", "memory.limit_in_bytes").read_text().strip() == str(
         160 << 20)
     assert pair.show("steady")["master_pid"] == master  # the memory cap changes live
+    # and so does each new child's size limit, its share of the cap (one worker here)
+    limit = pair.home / "tenants/steady/root/etc/apache2/orch/size-limit"
+    assert limit.read_text().startswith(f"unshared_kib {(160 - 64) * 1024}\n")
 
     pair.run("resize", "steady", "--max-clients", "3")
     conf = pair.home / "tenants/steady/root/etc/apache2/orch/httpd.conf"

@@ -58,7 +58,10 @@ def test_a_growing_child_is_recycled_before_the_cgroup_acts(orch, tmp_path):
     assert facts["child_limit_bytes"] == limit_kib * 1024
     assert 1 << 20 < facts["child_size_bytes"] < 64 << 20  # measured after the first start
     conf = (orch.home / "tenants/grower/root/etc/apache2/orch/httpd.conf").read_text()
-    assert conf.index(f"set_max_unshared_size({limit_kib});") > conf.index("Include ")
+    assert conf.index("PerlChildInitHandler OrchSizeLimit::child_init") > conf.index("Include ")
+    settings = orch.home / "tenants/grower/root/etc/apache2/orch/size-limit"
+    assert settings.read_text() == f"unshared_kib {limit_kib}\ncheck_interval 1\n"
+    assert settings.stat().st_uid == 0 and settings.stat().st_mode & 0o022 == 0
 
     in_jail(facts, "mkdir", "-p", "/srv/tenant/perl/Shop").check_returncode()
     in_jail(facts, "tee", "/srv/tenant/perl/Shop/Grow.pm", input_text=GROW).check_returncode()

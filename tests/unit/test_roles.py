@@ -54,7 +54,9 @@ def test_the_per_child_limit_is_the_caps_share(memory, workers, given, expected)
 def test_the_size_limit_sits_in_the_locked_part_after_the_fragment():
     conf = render(apache_modperl_size_limit_effective_kb="65536")
     include = conf.index("Include /etc/apache2/orch/tenant.conf")
-    assert conf.index("PerlModule OrchSizeLimit") > include
-    assert conf.index("OrchSizeLimit->set_max_unshared_size(65536);") > include
-    assert conf.index("PerlPostReadRequestHandler OrchSizeLimit::register") > include
+    for line in ("PerlModule OrchSizeLimit",
+                 "PerlSetVar OrchSizeLimitFile /etc/apache2/orch/size-limit",
+                 "PerlChildInitHandler OrchSizeLimit::child_init",
+                 "PerlPostReadRequestHandler OrchSizeLimit::register"):
+        assert conf.index(f"\n{line}\n") > include, line
     assert "OrchSizeLimit" not in render(apache_modperl_size_limit_effective_kb="0")

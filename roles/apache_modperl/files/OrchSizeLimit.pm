@@ -17,6 +17,10 @@ package OrchSizeLimit;
 #   the tenant's PID namespace, so every child's parent is 1. The master is the process that
 #   loaded this module while it read its configuration.
 #
+# Each child reads its limit when it starts (PerlChildInitHandler) from the root-owned file
+# that PerlSetVar OrchSizeLimitFile names, so a graceful restart after a resize gives the
+# new children the new limit, and no Perl runs while Apache only reads its configuration.
+#
 # A tenant's own Perl code runs in the same interpreter and could change these settings;
 # the cgroup's memory cap is what holds in the end. This recycles a growing child before.
 
@@ -24,7 +28,9 @@ use strict;
 use warnings;
 
 use Apache2::SizeLimit ();
-use Apache2::Const -compile => qw(DECLINED);
+use Apache2::ServerRec ();
+use Apache2::ServerUtil ();
+use Apache2::Const -compile => qw(OK DECLINED);
 
 our @ISA = ('Apache2::SizeLimit');
 
@@ -52,6 +58,27 @@ sub _platform_check_size {
 # Apache2::SizeLimit only compares this with 1.
 sub _platform_getppid {
     return $$ == $master_pid ? 1 : 2;
+}
+
+# PerlChildInitHandler: read `unshared_kib N` and `check_interval N` lines.
+sub child_init {
+    my ($pool, $server) = @_;
+    my $file = $server->dir_config('OrchSizeLimitFile');
+    my %setting = (unshared_kib => 0, check_interval => 1);
+    if ($file && open my $settings, '<', $file) {
+        while (my $line = <$settings>) {
+            $setting{$1} = $2 if $line =~ /^(unshared_kib|check_interval)\s+(\d+)\s*$/;
+        }
+        close $settings;
+    }
+    else {
+        __PACKAGE__->_error_log("cannot read the size limit file; no size limit applied");
+    }
+    __PACKAGE__->set_max_process_size(0);
+    __PACKAGE__->set_min_shared_size(0);
+    __PACKAGE__->set_max_unshared_size($setting{unshared_kib});
+    __PACKAGE__->set_check_interval($setting{check_interval} || 1);
+    return Apache2::Const::OK;
 }
 
 # PerlPostReadRequestHandler: a server-wide phase, so no <Location> of the tenant's can

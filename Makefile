@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 ORCH := $(VENV)/bin/orch
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test unit lint setup host clean-demo bench
+.PHONY: demo test unit lint setup host clean-demo bench density
 
 setup: host $(STAMP)
 
@@ -39,3 +39,6 @@ unit: setup
 
 bench: setup
 	$(PY) bench/create.py --kvm
+
+density: setup
+	$(PY) bench/density.py

@@ -153,7 +153,7 @@ def main():
     (home / "config.toml").write_text(
         f'[images]\ndir = "{REPO / ".cache" / "images"}"\n'
         f'[proxy]\naddress = "127.0.0.1"\nport = {port}\n'
-        '[allocation]\naddress_pool = "10.254.0.0/24"\n'
+        '[allocation]\naddress_pool = "10.254.0.0/24"\nuid_range = "95000-95999"\n'
         f'[cgroups]\nparent = "orch-bench-{os.getpid()}"\n'
         f'[kvm]\npool = "orchbench{os.getpid()}"\n'
         f'pool_path = "{REPO / ".cache" / "kvm" / f"orchbench{os.getpid()}"}"\n'

@@ -35,7 +35,10 @@ def choose(config, image):
         return "qemu"
     cache = config.images_dir / f"accel-{_cache_key(image)}.json"
     try:
-        return json.loads(cache.read_text())["domain_type"]
+        known = json.loads(cache.read_text())
+        log.info("KVM probe (cached in %s): %s; domains are of type %s", cache,
+                 known["detail"], known["domain_type"])
+        return known["domain_type"]
     except (OSError, ValueError, KeyError):
         pass
     works, detail = probe(image.kernel)

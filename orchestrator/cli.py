@@ -13,6 +13,7 @@ from . import (
     __version__,
     boot,
     capacity,
+    childsize,
     config as config_mod,
     fragments,
     metering,
@@ -190,7 +191,8 @@ def _run(args):
     if args.command == "create-tenant":
         # Before the state store is opened: bad input leaves nothing on the host.
         spec = spec_mod.make_spec(args.name, args.hostname, args.backend, args.memory,
-                                  args.max_clients, defaults=config)
+                                  args.max_clients, defaults=config,
+                                  child_size=childsize.recorded(config))
     host = tenants.Host(config)
     try:
         return _dispatch(args, host, spec)
@@ -314,12 +316,20 @@ def _meter(args, host):
         else:
             shown = [{**r, "memory_avg": f"{r['memory_avg_bytes'] / 2**20:.1f}M",
                       "without_cache": f"{r['memory_avg_without_cache_bytes'] / 2**20:.1f}M",
-                      "peak": f"{r['memory_peak_bytes'] / 2**20:.1f}M"} for r in rows]
+                      "peak": f"{r['memory_peak_bytes'] / 2**20:.1f}M",
+                      "deleted": _utc(r["deleted_at"]) if r["deleted_at"] else ""}
+                     for r in rows]
             columns = ["name", "samples", "memory_avg", "without_cache", "peak",
                        "cpu_seconds", "gib_hours"] + (["charge"] if
                                                       args.price_per_gb_hour is not None else [])
+            if any(r["deleted_at"] for r in rows):
+                columns.append("deleted")
             print(_table(shown, columns) if rows else "no samples in that period")
     return 0
+
+
+def _utc(at):
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(at))
 
 
 def _capacity(args, host):

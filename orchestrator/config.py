@@ -10,6 +10,7 @@ import tomllib
 from pathlib import Path
 
 from .errors import BadInput, ConfigError
+from .limits import parse_cpu_quota
 from .spec import check_limits, parse_size
 
 DEFAULT_HOME = "/var/lib/orch"
@@ -56,6 +57,8 @@ class Config:
     child_size_bytes: int = 48 << 20
     open_files: int = 4096
     cpu_weight: int = 100
+    #: CPUs a tenant may use at most (0.5 for "50%"); None: no cap, only cpu_weight.
+    cpu_quota: float | None = None
     health_timeout: float = 30.0
     kvm_uri: str = "qemu:///system"
     kvm_pool: str = "orch"
@@ -71,6 +74,8 @@ class Config:
     kvm_disk_bytes: int = 4 << 30
     kvm_boot_timeout: float = 300.0
     kvm_outbound: bool = False
+    #: Days usage samples are kept, a deleted tenant's included (for its last bill).
+    retention_days: int = 90
 
     @property
     def state_db(self):
@@ -141,7 +146,9 @@ _KNOWN = {
     "cgroups": {"parent": str},
     "capacity": {"host_reserve": (str, int), "overcommit": (int, float)},
     "defaults": {"memory": (str, int), "max_clients": int, "health_timeout": (int, float),
-                 "child_size": (str, int), "open_files": int, "cpu_weight": int},
+                 "child_size": (str, int), "open_files": int, "cpu_weight": int,
+                 "cpu_quota": (str, int, float)},
+    "metering": {"retention": int},
     "kvm": {"uri": str, "pool": str, "pool_path": str, "domain_prefix": str, "accel": str,
             "network": str, "bridge": str, "loopback_pool": str, "ssh_port": int, "vcpus": int,
             "disk_size": (str, int), "boot_timeout": (int, float), "outbound": bool},
@@ -238,6 +245,15 @@ def from_mapping(raw, home, source="config"):
     fields.update(_kvm_fields(raw.get("kvm", {})))
     if get("kvm", "pool_path") is not None:
         fields["kvm_pool_path"] = _safe_path("[kvm] pool_path", get("kvm", "pool_path"))
+    if get("defaults", "cpu_quota") is not None:
+        try:
+            fields["cpu_quota"] = parse_cpu_quota(get("defaults", "cpu_quota"))
+        except ValueError as exc:
+            raise _bad("defaults", "cpu_quota", get("defaults", "cpu_quota"),
+                       f"is not a CPU quota: {exc}",
+                       'write it like "50%" (half of one CPU) or 2 (two CPUs)') from None
+    if get("metering", "retention") is not None:
+        fields["retention_days"] = get("metering", "retention")
     config = Config(**fields)
     check(config)
     return config
@@ -339,6 +355,10 @@ def check(config, local_ports=None):
         raise ConfigError(f"[defaults] cpu_weight {config.cpu_weight} is outside 1-10000",
                           step="config", fix="100 is an even share")
     _check_kvm(config)
+    if not 1 <= config.retention_days <= 36600:
+        raise ConfigError(f"[metering] retention {config.retention_days} is outside 1-36600 "
+                          "days", step="config",
+                          fix="keep samples at least as long as a billing period, e.g. 90")
     if config.child_size_bytes < 4 << 20:
         raise ConfigError("[defaults] child_size is below 4M", step="config",
                           fix="measure an idle mod_perl child; 48M is typical")

@@ -27,8 +27,9 @@ def detect_layout(root=CGROUP_ROOT):
     return None
 
 
-def preflight(root=CGROUP_ROOT):
-    """Refuse to go on when tenants could not be held to a memory cap on this host."""
+def preflight(root=CGROUP_ROOT, cpu_quota=False):
+    """Refuse to go on when tenants could not be held to a memory cap on this host
+    (or to their CPU quota, when `cpu_quota` says one is configured)."""
     layout = detect_layout(root)
     if layout is None:
         raise PreflightError(
@@ -48,7 +49,33 @@ def preflight(root=CGROUP_ROOT):
     if layout == "v1" and not (root / "pids").is_dir():
         raise PreflightError(f"the v1 pids controller is not mounted under {root}",
                              step="preflight", fix="mount it at /sys/fs/cgroup/pids")
+    if cpu_quota and not (
+            "cpu" in (root / "cgroup.controllers").read_text().split() if layout == "v2"
+            else (root / "cpu" / "cpu.cfs_quota_us").exists()):
+        raise PreflightError(f"[defaults] cpu_quota is set but {root} has no cpu controller "
+                             "with CFS quotas", step="preflight",
+                             fix="mount the cpu controller, or unset [defaults] cpu_quota")
     return layout
+
+
+CPU_PERIOD_US = 100_000  # the kernel's default CFS period: 100 ms
+
+
+def parse_cpu_quota(text):
+    """CPUs from `50%` (half of one CPU, as systemd's CPUQuota) or a count like 1.5 or "2"."""
+    value = str(text).strip()
+    try:
+        cpus = float(value[:-1]) / 100 if value.endswith("%") else float(value)
+    except ValueError:
+        raise ValueError(f"{text!r} is neither a percentage of one CPU nor a CPU count") from None
+    if not 0.01 <= cpus <= 1024:
+        raise ValueError(f"{text!r} is outside 1% (0.01 CPU) to 1024 CPUs")
+    return cpus
+
+
+def quota_us(cpus, period_us=CPU_PERIOD_US):
+    """CPU time a tenant may use per period, in microseconds (the kernel's floor is 1 ms)."""
+    return max(1000, round(cpus * period_us))
 
 
 def pids_for(max_clients):
@@ -91,11 +118,13 @@ class TenantCgroup:
         """The files a process writes `0` into to join this cgroup."""
         return [d / "cgroup.procs" for d in self.dirs()]
 
-    def create(self, memory_bytes, max_pids, cpu_weight=100):
+    def create(self, memory_bytes, max_pids, cpu_weight=100, cpu_quota=None):
         """Make the cgroup and set its caps; swap may not be used to pass the memory cap.
 
         `cpu_weight` (1-10000, 100 an even share) sets cpu.weight on v2 and cpu.shares
         (1024 for 100) on v1, where the cpu and cpuacct controllers share one hierarchy.
+        `cpu_quota` (CPUs, None for no cap) sets cpu.max on v2 and cpu.cfs_quota_us over
+        cpu.cfs_period_us on v1; a host without the cpu controller is refused then.
         """
         if self.layout == "v2":
             self._enable_v2_controllers()
@@ -115,6 +144,47 @@ class TenantCgroup:
             _write(pids / "pids.max", max_pids)
             for directory in self.dirs()[2:]:
                 _write_if_present(directory / "cpu.shares", max(2, cpu_weight * 1024 // 100))
+        if cpu_quota is not None:
+            self.set_cpu_quota(cpu_quota)
+
+    def set_cpu_quota(self, cpus):
+        """Cap the tenant's CPU time at `cpus` CPUs (None: no cap) in every period."""
+        if self.layout == "v2":
+            target = self.dirs()[0] / "cpu.max"
+            if not target.exists():
+                raise self._no_cpu_controller()
+            _write(target, f"{'max' if cpus is None else quota_us(cpus)} {CPU_PERIOD_US}")
+            return
+        found = [d for d in self.dirs()[2:] if (d / "cpu.cfs_quota_us").exists()]
+        if not found:
+            raise self._no_cpu_controller()
+        _write(found[0] / "cpu.cfs_period_us", CPU_PERIOD_US)
+        _write(found[0] / "cpu.cfs_quota_us", -1 if cpus is None else quota_us(cpus))
+
+    def cpu_quota(self):
+        """The CPU cap in force, in CPUs, or None when there is none."""
+        if self.layout == "v2":
+            try:
+                quota, period = (self.dirs()[0] / "cpu.max").read_text().split()
+            except FileNotFoundError:
+                return None
+        else:
+            found = [d for d in self.dirs()[2:] if (d / "cpu.cfs_quota_us").exists()]
+            if not found:
+                return None
+            quota = (found[0] / "cpu.cfs_quota_us").read_text().strip()
+            period = (found[0] / "cpu.cfs_period_us").read_text().strip()
+        return None if quota in ("max", "-1") else int(quota) / int(period)
+
+    def _no_cpu_controller(self):
+        where = (f"{self.root}/{self.parent}/cgroup.subtree_control" if self.layout == "v2"
+                 else f"{self.root}/cpu")
+        return StepFailed(
+            f"a CPU quota is set but the cpu controller is not available at {where}",
+            tenant=self.name, step="create",
+            fix="mount the cpu controller (v1) or enable it for the parent (v2), or unset "
+                "[defaults] cpu_quota",
+        )
 
     def _enable_v2_controllers(self):
         for directory in (self.root, self.root / self.parent):

@@ -3,7 +3,9 @@
 A sample holds a tenant's memory now and at peak, the page-cache part of it (kept apart so
 a bill can leave it out), its CPU seconds and its process count. A report integrates the
 samples of a period over time (trapezoids between consecutive samples), so a tenant is
-billed for GiB-hours it held, however unevenly the samples were taken.
+billed for GiB-hours it held, however unevenly the samples were taken. A tenant deleted
+during the period is still reported (its samples are kept until the retention ends) and
+marked with the time it was deleted.
 """
 
 import csv
@@ -14,7 +16,6 @@ from datetime import UTC, datetime
 from .errors import BadInput
 
 GIB = 1 << 30
-DEFAULT_RETENTION_DAYS = 90
 
 
 def sample(host, now=None):
@@ -27,7 +28,7 @@ def sample(host, now=None):
         usage = host.backend(tenant.backend).usage(tenant)
         host.store.add_sample(tenant.name, now, usage)
         taken.append({"name": tenant.name, "at": now, **usage})
-    host.store.prune_samples(now - DEFAULT_RETENTION_DAYS * 86400)
+    host.store.prune_samples(now - host.config.retention_days * 86400)
     return taken
 
 
@@ -50,6 +51,7 @@ def report(host, start, end, price_per_gb_hour=None):
     if end <= start:
         raise BadInput("--to must be after --from", step="parse", fix="swap them")
     rows = []
+    deleted = host.store.deletions(start, end)
     for name, samples in sorted(host.store.samples(start, end).items()):
         billable = [s["memory_current"] - s["memory_cache"] for s in samples]
         gib_hours = 0.0
@@ -65,6 +67,7 @@ def report(host, start, end, price_per_gb_hour=None):
             "cpu_seconds": round(max(0.0, samples[-1]["cpu_seconds"]
                                      - samples[0]["cpu_seconds"]), 3),
             "gib_hours": round(gib_hours, 6),
+            "deleted_at": deleted.get(name),
         }
         if price_per_gb_hour is not None:
             row["charge"] = round(gib_hours * price_per_gb_hour, 4)

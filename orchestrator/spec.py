@@ -144,6 +144,12 @@ def workers_for(memory_bytes, child_size_bytes):
     return max(1, min(MAX_CLIENTS, (memory_bytes - MASTER_SIZE) // child_size_bytes))
 
 
+def child_limit_for(memory_bytes, workers):
+    """The private memory one child may reach before Apache2::SizeLimit recycles it: the
+    cap's share per child after the master (the role derives the same figure)."""
+    return max(0, memory_bytes - MASTER_SIZE) // workers
+
+
 def derived_names(name, link_index):
     """Every name the host derives from a tenant, each checked against its own limit."""
     names = {
@@ -164,8 +170,14 @@ def derived_names(name, link_index):
 
 
 def make_spec(name, hostname, backend="jail", memory=None, max_clients=None, *, defaults,
-              existing_user=None):
-    """Validate every field of a create request and return the spec, or raise BadInput."""
+              existing_user=None, child_size=None):
+    """Validate every field of a create request and return the spec, or raise BadInput.
+
+    When the worker count is derived, each child is budgeted the larger of
+    `defaults.child_size_bytes` and `child_size`, the measured size of a mod_perl child on
+    this host: an idle child is smaller than a working one, so a measurement can lower the
+    worker count below what child_size allows, never raise it.
+    """
     check_name(name, existing_user)
     try:
         host = check_hostname(hostname)
@@ -188,7 +200,7 @@ def make_spec(name, hostname, backend="jail", memory=None, max_clients=None, *, 
     elif defaults.default_max_clients is not None:
         clients = defaults.default_max_clients
     else:
-        clients = workers_for(memory_bytes, defaults.child_size_bytes)
+        clients = workers_for(memory_bytes, max(defaults.child_size_bytes, child_size or 0))
     try:
         check_limits(memory_bytes, clients)
     except BadInput as exc:

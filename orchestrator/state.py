@@ -19,6 +19,7 @@ CREATE TABLE IF NOT EXISTS tenants (
     hostname TEXT NOT NULL UNIQUE,
     memory_limit_bytes INTEGER NOT NULL,
     max_clients INTEGER NOT NULL,
+    child_size_bytes INTEGER,
     autostart INTEGER NOT NULL DEFAULT 1,
     ansible_vars TEXT NOT NULL DEFAULT '{}',
     failure TEXT,
@@ -46,6 +47,11 @@ CREATE TABLE IF NOT EXISTS samples (
     processes INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS samples_by_time ON samples (at, tenant);
+CREATE TABLE IF NOT EXISTS deletions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant TEXT NOT NULL,
+    at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS converges (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     tenant TEXT NOT NULL,
@@ -82,6 +88,7 @@ class Tenant:
     hostname: str
     memory_limit_bytes: int
     max_clients: int
+    child_size_bytes: int | None
     autostart: bool
     ansible_vars: dict
     failure: str | None
@@ -105,6 +112,7 @@ class Tenant:
             "hostname": self.hostname,
             "memory_limit_bytes": self.memory_limit_bytes,
             "max_clients": self.max_clients,
+            "child_size_bytes": self.child_size_bytes,
             "autostart": self.autostart,
             "failure": self.failure,
             "created_at": self.created_at,
@@ -131,6 +139,9 @@ class Store:
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(SCHEMA)
+        columns = {row["name"] for row in self.db.execute("PRAGMA table_info(tenants)")}
+        if "child_size_bytes" not in columns:  # a state file from before it was measured
+            self.db.execute("ALTER TABLE tenants ADD COLUMN child_size_bytes INTEGER")
 
     def close(self):
         self.db.close()
@@ -170,18 +181,26 @@ class Store:
             "UPDATE tenants SET memory_limit_bytes = ?, max_clients = ?, updated_at = ?"
             " WHERE name = ?", (memory_limit_bytes, max_clients, time.time(), name))
 
+    def set_child_size(self, name, size_bytes):
+        """The measured size (PSS) of one of the tenant's mod_perl children."""
+        self.db.execute("UPDATE tenants SET child_size_bytes = ?, updated_at = ? WHERE name = ?",
+                        (size_bytes, time.time(), name))
+
     def set_ansible_vars(self, name, variables):
         self.db.execute(
             "UPDATE tenants SET ansible_vars = ?, updated_at = ? WHERE name = ?",
             (json.dumps(variables, sort_keys=True), time.time(), name),
         )
 
-    def delete(self, name):
+    def delete(self, name, at=None):
+        """Forget the tenant, but keep its samples for billing until the retention ends."""
+        at = time.time() if at is None else at
         with self.transaction() as db:
             db.execute("DELETE FROM resources WHERE tenant = ?", (name,))
             db.execute("DELETE FROM events WHERE tenant = ?", (name,))
             db.execute("DELETE FROM converges WHERE tenant = ?", (name,))
-            db.execute("DELETE FROM samples WHERE tenant = ?", (name,))
+            if db.execute("SELECT 1 FROM samples WHERE tenant = ? LIMIT 1", (name,)).fetchone():
+                db.execute("INSERT INTO deletions (tenant, at) VALUES (?, ?)", (name, at))
             db.execute("DELETE FROM tenants WHERE name = ?", (name,))
 
     def add_resource(self, tenant, kind, **data):
@@ -228,7 +247,17 @@ class Store:
         )
 
     def prune_samples(self, before):
-        self.db.execute("DELETE FROM samples WHERE at < ?", (before,))
+        """Drop the samples, and the deletions, older than `before`."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM samples WHERE at < ?", (before,))
+            db.execute("DELETE FROM deletions WHERE at < ?", (before,))
+
+    def deletions(self, start, end):
+        """When each tenant deleted in [start, end] was deleted (the last time, if twice)."""
+        rows = self.db.execute(
+            "SELECT tenant, MAX(at) AS at FROM deletions WHERE at >= ? AND at <= ?"
+            " GROUP BY tenant", (start, end)).fetchall()
+        return {row["tenant"]: row["at"] for row in rows}
 
     def samples(self, start, end):
         """Samples taken in [start, end], oldest first, grouped by tenant."""

@@ -6,12 +6,12 @@ import logging
 import shutil
 import time
 
-from . import allocate, capacity, probe, provision
+from . import allocate, capacity, childsize, probe, provision
 from .backends import get_backend
 from .errors import BadInput, NotFound, OrchError, StepFailed
 from .progress import Progress
 from .proxy import FrontProxy, Route
-from .spec import NAME_RE, printable
+from .spec import NAME_RE, child_limit_for, printable
 from .state import Store
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,8 @@ class Host:
             facts["guest"] = f"unknown ({exc.message})"
             facts["master_pid"] = None
         facts["url"] = self.public_url(tenant)
+        facts["child_limit_bytes"] = child_limit_for(tenant.memory_limit_bytes,
+                                                     tenant.max_clients)
         last = self.store.last_converge(tenant.name)
         facts["last_converge"] = ({k: last[k] for k in ("at", "changed", "actions", "failure")}
                                   if last else None)
@@ -129,6 +131,7 @@ def create(host, spec, progress=None):
             with progress.step("start"):
                 backend.start(tenant)
                 wait_healthy(host, tenant)
+                childsize.measure(host, tenant)
             step = "proxy"
             with progress.step("proxy"):
                 store.add_resource(tenant.name, "proxy_route", hostname=tenant.hostname)
@@ -217,6 +220,7 @@ def start(host, name):
                            fix=f"run `orch delete-tenant {name}` and create it again")
         host.backend(tenant.backend).start(tenant)
         wait_healthy(host, tenant)
+        childsize.measure(host, tenant)
         host.store.set_state(name, "running")
         host.proxy.apply(host.routes(), tenant=name)
         host.store.event(name, "start", "running")
@@ -317,8 +321,13 @@ def resize(host, name, memory=None, max_clients=None):
                 ) from None
         host.store.set_limits(name, memory_bytes, clients)
         host.store.event(name, "resize", f"memory {memory_bytes}, max clients {clients}")
-    if clients != tenant.max_clients and tenant.state in ("running", "stopped"):
-        # MaxRequestWorkers lives in the main httpd.conf: converge it, then restart gracefully.
+    changed = (memory_bytes, clients) != (tenant.memory_limit_bytes, tenant.max_clients)
+    if changed and tenant.state == "stopped" and not backend.can_converge_stopped:
+        host.store.event(name, "resize", "the guest is off: its httpd.conf follows at the "
+                         f"next `orch reprovision {name}` after a start")
+    elif changed and tenant.state in ("running", "stopped"):
+        # MaxRequestWorkers and the per-child size limit live in the main httpd.conf:
+        # converge it, then restart gracefully.
         reports = reprovision.reprovision(host, [name])
         if reports[0]["failure"]:
             raise StepFailed(reports[0]["failure"], tenant=name, step="resize")

@@ -18,8 +18,12 @@ class Backend(abc.ABC):
     #: A tenant's own httpd.conf fragment can be checked and switched (`tenant-config`);
     #: this needs the guest's files seen from the host (`guest_root`) and `spawn`.
     can_check_fragments = False
+    #: A stopped guest can still be converged (its files are there without it running).
+    can_converge_stopped = False
     #: The guest's root is layered over a base image that can be changed (`change_image`).
     can_change_image = False
+    #: The host sees the guest's Apache children and can read their memory (`worker_pids`).
+    can_measure_children = False
 
     def __init__(self, config, store):
         self.config = config
@@ -96,6 +100,10 @@ class Backend(abc.ABC):
     def master_pid(self, tenant):
         """The host pid of the guest's Apache master, or None when not known."""
         return None
+
+    def worker_pids(self, tenant):
+        """Host pids of the guest's Apache children (not the master)."""
+        raise NotImplementedError(f"backend {self.kind} cannot see its guests' processes")
 
     def console_tail(self, tenant, lines=10):
         """The last lines the guest printed on its console, for error messages."""

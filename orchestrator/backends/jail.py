@@ -60,7 +60,9 @@ class JailBackend(Backend):
     can_resize_live = True
     can_execute = True
     can_check_fragments = True
+    can_converge_stopped = True
     can_change_image = True
+    can_measure_children = True
 
     @staticmethod
     def link_taken(link_index):
@@ -77,7 +79,7 @@ class JailBackend(Backend):
         if "overlay" not in Path("/proc/filesystems").read_text():
             raise PreflightError("the kernel has no overlay file system", step="preflight",
                                  fix="load it with `modprobe overlay`")
-        limits.preflight()
+        limits.preflight(cpu_quota=self.config.cpu_quota is not None)
 
     # Paths and names --------------------------------------------------------------------
 
@@ -130,7 +132,7 @@ class JailBackend(Backend):
 
         record("cgroup", parent=group.parent, name=group.name)
         group.create(tenant.memory_limit_bytes, limits.pids_for(tenant.max_clients),
-                     self.config.cpu_weight)
+                     self.config.cpu_weight, self.config.cpu_quota)
 
         self._guard_pool(tenant)
         record("netns", name=names["netns"])
@@ -238,7 +240,7 @@ class JailBackend(Backend):
             missing.append("cgroup")
             if not check:
                 group.create(tenant.memory_limit_bytes, limits.pids_for(tenant.max_clients),
-                             self.config.cpu_weight)
+                             self.config.cpu_weight, self.config.cpu_quota)
         return missing
 
     def _mount_record(self, tenant):
@@ -367,6 +369,21 @@ class JailBackend(Backend):
                 if line.startswith("NSpid:") and line.split()[-1] == "1":
                     return pid
         return None
+
+    def worker_pids(self, tenant):
+        """Host pids of the processes in the tenant's cgroup whose parent is its master."""
+        master = self.master_pid(tenant)
+        found = []
+        for pid in sorted(self.cgroup(tenant).pids()):
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except FileNotFoundError:
+                continue
+            parent = next((line.split()[1] for line in status.splitlines()
+                           if line.startswith("PPid:")), None)
+            if master is not None and parent == str(master):
+                found.append(pid)
+        return found
 
     def ansible_host(self, tenant):
         return {

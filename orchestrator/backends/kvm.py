@@ -18,6 +18,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import jinja2
@@ -52,6 +53,9 @@ def _libvirt():
 class KvmBackend(Backend):
     kind = "kvm"
     can_execute = True
+    #: The memory is changed live through the balloon up to the boot-time maximum; a
+    #: larger maximum takes effect at the next boot.
+    can_resize_live = True
     #: A guest's files are reached only over SSH: the fragment checks need the host's view.
     can_check_fragments = False
 
@@ -353,8 +357,12 @@ class KvmBackend(Backend):
         """A guest that should run but whose domain is down (libvirtd did not autostart
         it) is booted, so Ansible can reach it; Apache is left to `start`."""
         domain = self.domain(tenant)
-        if tenant.state != "running" or domain is None or domain.isActive():
+        if domain is None or domain.isActive():
             return []
+        if tenant.state != "running":
+            raise StepFailed("the tenant is stopped and its VM is off, so Ansible cannot reach "
+                             "it", tenant=tenant.name, step="restore",
+                             fix=f"`orch start {tenant.name}`, then reprovision it")
         if not check:
             libvirt = _libvirt()
             try:
@@ -446,20 +454,36 @@ class KvmBackend(Backend):
             shutil.rmtree(path, ignore_errors=True)
 
     def resize(self, tenant, memory_bytes, max_clients):
-        """The domain's memory, for its next boot (orch resizes a kvm guest while stopped)."""
+        """The domain's memory: in its definition, and live through the balloon driver
+        when the guest runs and the new size is within the maximum it booted with."""
         libvirt = _libvirt()
         domain = self.domain(tenant)
         if domain is None:
             raise StepFailed(f"domain {self.domain_name(tenant)} is not defined",
                              tenant=tenant.name, step="resize")
-        config = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+        config, live = libvirt.VIR_DOMAIN_AFFECT_CONFIG, libvirt.VIR_DOMAIN_AFFECT_LIVE
+        maximum = libvirt.VIR_DOMAIN_MEM_MAXIMUM
         kib = memory_bytes >> 10
-        if kib > domain.maxMemory():
-            domain.setMemoryFlags(kib, config | libvirt.VIR_DOMAIN_MEM_MAXIMUM)
-            domain.setMemoryFlags(kib, config)
-        else:
-            domain.setMemoryFlags(kib, config)
-            domain.setMemoryFlags(kib, config | libvirt.VIR_DOMAIN_MEM_MAXIMUM)
+        try:
+            if domain.isActive():
+                booted_max = domain.maxMemory()
+                if kib <= booted_max:
+                    domain.setMemoryFlags(kib, live)
+                else:
+                    log.warning("tenant %s: %d MiB is above the %d MiB the guest booted with; "
+                                "it takes effect at the next `orch stop` and `orch start`",
+                                tenant.name, memory_bytes >> 20, booted_max >> 10)
+            persistent = domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+            defined_max = int(ET.fromstring(persistent).findtext("memory")) or kib
+            if kib > defined_max:
+                domain.setMemoryFlags(kib, config | maximum)
+                domain.setMemoryFlags(kib, config)
+            else:
+                domain.setMemoryFlags(kib, config)
+                domain.setMemoryFlags(kib, config | maximum)
+        except libvirt.libvirtError as exc:
+            raise StepFailed(f"libvirt refused the new memory size: {exc.get_error_message()}",
+                             tenant=tenant.name, step="resize") from None
 
     def status(self, tenant):
         domain = self.domain(tenant)
@@ -622,8 +646,6 @@ class KvmBackend(Backend):
 
 
 def _xml_text(xml, path):
-    import xml.etree.ElementTree as ET
-
     node = ET.fromstring(xml).find(path)
     return node.text if node is not None else None
 

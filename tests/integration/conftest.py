@@ -23,6 +23,8 @@ IMAGES = REPO / ".cache" / "images"
 # Per run, so two test runs on one host (a clone beside a work tree) never share links.
 POOL = f"10.253.{os.getpid() % 250}.0/24"
 LOOPBACK_POOL = f"127.78.{os.getpid() % 250}.0/24"
+# Outside the default range, so no test tenant shares a host uid with a real one.
+UIDS = "90000-94999"
 _instances = iter(range(1000))
 
 
@@ -50,7 +52,7 @@ class Orch:
         (home / "config.toml").write_text(
             f'[images]\ndir = "{IMAGES}"\n'
             f'[proxy]\naddress = "127.0.0.1"\nport = {proxy_port}\n'
-            f'[allocation]\naddress_pool = "{POOL}"\n'
+            f'[allocation]\naddress_pool = "{POOL}"\nuid_range = "{UIDS}"\n'
             f'[cgroups]\nparent = "{cgroup_parent}"\n'
             f'[kvm]\npool = "{tag}"\npool_path = "{self.kvm_pool_path}"\n'
             f'domain_prefix = "{self.domain_prefix}"\nloopback_pool = "{LOOPBACK_POOL}"\n'

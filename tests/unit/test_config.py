@@ -11,6 +11,18 @@ def test_defaults(tmp_path):
     assert config.images_dir == tmp_path / "images"
 
 
+def test_metering_retention_is_configurable(tmp_path):
+    assert config_mod.from_mapping({}, tmp_path).retention_days == 90
+    config = config_mod.from_mapping({"metering": {"retention": 400}}, tmp_path)
+    assert config.retention_days == 400
+
+
+def test_cpu_quota_is_unset_by_default_and_read_in_cpus(tmp_path):
+    assert config_mod.from_mapping({}, tmp_path).cpu_quota is None
+    assert config_mod.from_mapping({"defaults": {"cpu_quota": "50%"}}, tmp_path).cpu_quota == 0.5
+    assert config_mod.from_mapping({"defaults": {"cpu_quota": 2}}, tmp_path).cpu_quota == 2
+
+
 def test_port_range_inside_the_ephemeral_range_is_refused(tmp_path):
     config = config_mod.from_mapping({}, tmp_path)
     bad = config.__class__(**{**config.__dict__, "port_range": Range(40000, 40100)})
@@ -67,6 +79,12 @@ def test_broken_toml_names_the_file(tmp_path):
     {"images": {"dir": "/tmp/with,comma"}},
     {"allocation": {"uid_range": "4294967295-4294967296"}},
     {"cgroups": {"parent": "ørch"}},
+    {"metering": {"retention": "90 days"}},
+    {"defaults": {"cpu_quota": "lots"}},
+    {"defaults": {"cpu_quota": "0%"}},
+    {"metering": {"retention": 0}},
+    {"metering": {"retention": 1.5}},
+    {"metering": {"keep": 90}},
 ])
 def test_bad_values_are_config_errors_with_a_step(tmp_path, raw):
     with pytest.raises(ConfigError) as caught:

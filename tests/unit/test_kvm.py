@@ -17,7 +17,7 @@ def _tenant(**overrides):
              "port": 20001, "address": "127.77.0.3", "host_address": "127.77.0.2",
              "link_index": 3, "hostname": "vm1.example.test", "memory_limit_bytes": 512 << 20,
              "max_clients": 8, "autostart": True, "ansible_vars": {}, "failure": None,
-             "created_at": 0.0, "updated_at": 0.0}
+             "created_at": 0.0, "updated_at": 0.0, "child_size_bytes": None}
     return Tenant(**{**facts, **overrides})
 
 

@@ -1,6 +1,9 @@
 """cgroup handling against a fake cgroup tree, in both layouts."""
 
+import pytest
+
 from orchestrator import limits
+from orchestrator.errors import PreflightError, StepFailed
 
 
 def make_v1(root):
@@ -70,3 +73,57 @@ def test_pids_are_read_from_every_controller(tmp_path):
 def test_process_cap_grows_with_workers():
     assert limits.pids_for(1) == 64
     assert limits.pids_for(100) == 416
+
+
+def test_cpu_quotas_are_read_as_systemd_writes_them():
+    assert limits.parse_cpu_quota("50%") == 0.5
+    assert limits.parse_cpu_quota("250%") == 2.5
+    assert limits.parse_cpu_quota(2) == 2.0
+    assert limits.parse_cpu_quota("1.5") == 1.5
+    assert limits.quota_us(0.5) == 50_000
+    for bad in ("half", "0%", "-1", "5000"):
+        with pytest.raises(ValueError):
+            limits.parse_cpu_quota(bad)
+
+
+def test_v1_cpu_quota_is_quota_over_period(tmp_path):
+    root = make_v1(tmp_path)
+    (root / "cpu").mkdir()
+    group = limits.TenantCgroup("orch", "acme", root=root)
+    cpu = group.dirs()[2]
+    cpu.mkdir(parents=True)
+    for name, value in (("cpu.cfs_quota_us", "-1"), ("cpu.cfs_period_us", "100000"),
+                        ("cpu.shares", "1024")):
+        (cpu / name).write_text(value + "\n")
+    group.create(256 << 20, 48, cpu_quota=0.5)
+    assert (cpu / "cpu.cfs_period_us").read_text() == "100000\n"
+    assert (cpu / "cpu.cfs_quota_us").read_text() == "50000\n"
+    assert group.cpu_quota() == 0.5
+    group.set_cpu_quota(None)
+    assert (cpu / "cpu.cfs_quota_us").read_text() == "-1\n"
+    assert group.cpu_quota() is None
+
+
+def test_v2_cpu_quota_is_cpu_max(tmp_path):
+    root = make_v2(tmp_path)
+    group = limits.TenantCgroup("orch", "acme", root=root)
+    group.dirs()[0].mkdir(parents=True)
+    (group.dirs()[0] / "cpu.max").write_text("max 100000\n")
+    group.create(128 << 20, 64, cpu_quota=2)
+    assert (group.dirs()[0] / "cpu.max").read_text() == "200000 100000\n"
+    assert group.cpu_quota() == 2.0
+
+
+def test_a_cpu_quota_without_the_cpu_controller_is_refused(tmp_path):
+    root = make_v1(tmp_path)
+    group = limits.TenantCgroup("orch", "acme", root=root)
+    with pytest.raises(StepFailed, match="cpu controller") as caught:
+        group.create(128 << 20, 64, cpu_quota=1)
+    assert caught.value.tenant == "acme" and "cpu_quota" in caught.value.fix
+    with pytest.raises(PreflightError, match="cpu_quota"):
+        limits.preflight(root, cpu_quota=True)
+    assert limits.preflight(root) == "v1"
+    v2 = make_v2(tmp_path / "v2")
+    (v2 / "cgroup.controllers").write_text("memory pids\n")
+    with pytest.raises(PreflightError, match="cpu_quota"):
+        limits.preflight(v2, cpu_quota=True)

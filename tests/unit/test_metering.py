@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from orchestrator import allocate, capacity, metering
@@ -73,3 +75,39 @@ def test_capacity_counts_promises_against_the_budget(host, config):
     assert room["budget_bytes"] == 3 << 30
     assert room["promised_bytes"] == 1 << 30
     assert room["fit"] == 2
+
+
+def test_sampling_drops_what_is_older_than_the_configured_retention(host, config, monkeypatch):
+    monkeypatch.setattr(host.backend("jail"), "usage", lambda tenant: usage(GIB),
+                        raising=False)
+    host.config = dataclasses.replace(config, retention_days=10)
+    day = 86400
+    host.store.add_sample("a", 0, usage(GIB))
+    host.store.add_sample("a", 5 * day, usage(GIB))
+    metering.sample(host, now=12 * day)
+    kept = [s["at"] for s in host.store.samples(0, 20 * day)["a"]]
+    assert kept == [5 * day, 12 * day]
+
+
+def test_a_tenant_deleted_in_the_period_is_still_billed_and_marked(host):
+    host.store.add_sample("a", 0, usage(GIB))
+    host.store.add_sample("a", 3600, usage(GIB))
+    host.store.add_sample("b", 0, usage(GIB))
+    host.store.add_sample("b", 3600, usage(GIB))
+    host.store.delete("a", at=4000)
+    assert host.store.get("a") is None
+
+    rows = {r["name"]: r for r in metering.report(host, 0, 7200)}
+    assert rows["a"]["gib_hours"] == pytest.approx(1.0)
+    assert rows["a"]["deleted_at"] == 4000
+    assert rows["b"]["deleted_at"] is None
+    # A period that ends before the deletion bills it as a live tenant.
+    assert metering.report(host, 0, 3600)[0]["deleted_at"] is None
+
+
+def test_deleted_tenants_samples_go_when_the_retention_ends(host):
+    host.store.add_sample("a", 0, usage(GIB))
+    host.store.delete("a", at=100)
+    host.store.prune_samples(before=200)
+    assert host.store.samples(0, 1000) == {}
+    assert host.store.deletions(0, 1000) == {}

@@ -79,8 +79,8 @@ def reconcile(host):
                     done.append("started the guest again (restoring what was missing)")
                 except OrchError as exc:
                     done.append(f"could not repair: {exc}")
-            elif tenant.state == "stopped" and "Apache is not running" not in found:
-                found = ["Apache is running though the tenant is stopped"]
+            elif tenant.state == "stopped" and backend.status(tenant) == "running":
+                found = ["the guest is running though the tenant is stopped"]
                 backend.stop(tenant)
                 done.append("stopped it")
             elif tenant.state == "stopped":

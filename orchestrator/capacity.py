@@ -25,8 +25,9 @@ def admit(config, tenants, memory_bytes, name, total=None):
     if promised + memory_bytes > limit:
         mib = 1 << 20
         raise CapacityError(
-            f"{memory_bytes // mib} MiB more would promise {(promised + memory_bytes) // mib}"
-            f" MiB of a {limit // mib} MiB budget ({promised // mib} MiB already promised)",
+            f"a {memory_bytes // mib} MiB cap for {name} would promise "
+            f"{(promised + memory_bytes) // mib} MiB of a {limit // mib} MiB budget "
+            f"({promised // mib} MiB promised to the other tenants)",
             tenant=name, step="admission",
             fix="give a smaller --memory, delete a tenant, or raise [capacity] overcommit",
         )

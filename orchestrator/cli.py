@@ -229,6 +229,9 @@ def _dispatch(args, host, spec):
                  "done": "; ".join(r["done"])} for r in reports]
         _print(args, {"tenants": reports},
                _table(rows, ["name", "found", "done"]) if rows else "no tenants")
+        # Something found that could not be put right, or that needs the operator.
+        return 1 if any(d.startswith(("could not repair", "none;")) for r in reports
+                        for d in r["done"]) else 0
     elif args.command == "systemd-units":
         target = Path(args.dir)
         if not args.dir or not target.is_absolute() or (target.exists() and not target.is_dir()):

@@ -296,7 +296,7 @@ def _check_kvm(config):
                    "name the host bridge guests join, like br0")
     for key in ("pool", "domain_prefix"):
         value = getattr(config, f"kvm_{key}")
-        if not re.fullmatch(r"[A-Za-z0-9_-]{1,40}" if key == "pool" else r"[A-Za-z0-9_-]{0,40}",
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,40}",
                             value):
             raise _bad("kvm", key, value, "must be a plain name",
                        "use ASCII letters, digits, '-' or '_'")

@@ -42,7 +42,12 @@ class Host:
         """One changing command at a time per state directory; the kernel frees it on exit."""
         self.config.home.mkdir(parents=True, exist_ok=True)
         with open(self.config.home / "lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.warning("waiting for another orch command on %s to finish (a kvm create "
+                            "or reprovision can take minutes)", self.config.home)
+                fcntl.flock(handle, fcntl.LOCK_EX)
             yield
 
     def tenant(self, name):
@@ -207,6 +212,7 @@ def delete(host, name):
         tenant = host.store.get(name)
         if tenant is None:
             return False
+        host.backend(tenant.backend).reachable()
         _undo(host, tenant)
     log.info("tenant %s: deleted", name)
     return True

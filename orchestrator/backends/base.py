@@ -33,6 +33,11 @@ class Backend(abc.ABC):
     def preflight(self):
         """Check this host can run the kind; raise PreflightError saying what to fix."""
 
+    def reachable(self):
+        """Raise PreflightError when what the guests run on cannot be reached now (a
+        daemon); checked before a delete changes anything."""
+        return None
+
     def ensure_image(self, progress=None):
         """The base image guests of this kind are made from, built first when missing."""
         from .. import images

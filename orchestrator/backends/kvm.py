@@ -90,13 +90,17 @@ class KvmBackend(Backend):
         libvirt = _libvirt()
         conn = self.conn()
         name = self.config.kvm_pool
+        local = self.config.kvm_uri.startswith("qemu:///")
+        if local:
+            # The hypervisor runs as its own user: every folder above the volumes must let
+            # it through. Checked before a pool is defined, so a refusal makes nothing.
+            self.pool_path.mkdir(parents=True, exist_ok=True)
+            _check_traversable(self.pool_path)
         try:
             pool = conn.storagePoolLookupByName(name)
         except libvirt.libvirtError:
-            # The hypervisor runs as its own user: every folder above the volumes must let
-            # it through.
-            self.pool_path.mkdir(parents=True, exist_ok=True)
-            self.pool_path.chmod(0o711)
+            if local:
+                self.pool_path.chmod(0o711)
             xml = (f"<pool type='dir'><name>{name}</name><target><path>{self.pool_path}"
                    "</path></target></pool>")
             pool = conn.storagePoolDefineXML(xml, 0)
@@ -108,8 +112,12 @@ class KvmBackend(Backend):
                 f"{self.pool_path}", step="preflight",
                 fix="give this state directory its own [kvm] pool name")
         if not pool.isActive():
-            self.pool_path.mkdir(parents=True, exist_ok=True)
-            pool.create(0)
+            try:
+                pool.create(0)
+            except libvirt.libvirtError as exc:
+                raise PreflightError(f"libvirt cannot start storage pool {name}: "
+                                     f"{exc.get_error_message()}", step="preflight",
+                                     fix=f"check {path} exists and is a folder") from None
         return pool
 
     def preflight(self):
@@ -119,8 +127,9 @@ class KvmBackend(Backend):
                                      fix="run scripts/setup-host")
         self.conn()
         self.pool()
-        if self.config.kvm_uri.startswith("qemu:///"):
-            _check_traversable(self.pool_path)
+
+    def reachable(self):
+        self.conn()
 
     # Names -------------------------------------------------------------------------------
 
@@ -204,8 +213,17 @@ class KvmBackend(Backend):
         image = vmimage.current(self.config)
         base = self._base_volumes(image)
         pool = self.pool()
+        pool.refresh(0)
         volumes = self.volume_names(tenant)
 
+        taken = [name for name in volumes.values() if name in pool.listVolumes()]
+        if taken:
+            raise StepFailed(
+                f"pool {self.config.kvm_pool} already holds volume {taken[0]}, which orch did "
+                "not make for this tenant", tenant=tenant.name, step="create",
+                fix=f"remove or rename it (`virsh vol-delete {taken[0]} --pool "
+                    f"{self.config.kvm_pool}`) if it is not needed, or set another "
+                    "[kvm] domain_prefix")
         keys = self.key_dir(tenant)
         record("kvm_keys", path=str(keys))
         self._make_keys(tenant, keys)
@@ -509,6 +527,8 @@ class KvmBackend(Backend):
             "ansible_host": tenant.address,
             "ansible_port": self.config.kvm_ssh_port,
             "ansible_user": "root",
+            # Ansible must check the host key against the one orch pinned, never skip it.
+            "ansible_host_key_checking": True,
             "ansible_ssh_private_key_file": str(keys / "id_ed25519"),
             "ansible_ssh_common_args": (
                 f"-o UserKnownHostsFile={keys / 'known_hosts'} -o StrictHostKeyChecking=yes "

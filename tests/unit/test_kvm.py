@@ -76,6 +76,7 @@ def test_names_are_escaped_in_the_xml(tmp_path):
     {"vcpus": 0},
     {"disk_size": "1G"},
     {"pool": "a/b"},
+    {"domain_prefix": ""},
     {"pool_path": "relative"},
     {"outbound": "yes"},
     {"boot_timeout": 0},

@@ -89,3 +89,21 @@ def test_admission_refuses_past_the_budget(host, fake_backend, monkeypatch):
     with pytest.raises(tenants.capacity.CapacityError, match="budget"):
         tenants.create(host, big)
     assert host.store.get("big") is None
+
+
+def test_a_delete_that_cannot_reach_the_backend_changes_nothing(host, fake_backend, monkeypatch):
+    from orchestrator.errors import PreflightError
+
+    monkeypatch.setattr(provision, "converge", lambda c, name, progress=None: {"changed": 0})
+    tenants.create(host, spec())
+    routes_before = list(host.applied)
+
+    def unreachable(self):
+        raise PreflightError("cannot reach the daemon", step="preflight")
+
+    monkeypatch.setattr(fake_backend, "reachable", unreachable)
+    with pytest.raises(PreflightError):
+        tenants.delete(host, "acme")
+    assert host.store.get("acme").state == "running"
+    assert host.applied == routes_before
+    assert ("destroy", "acme") not in fake_backend.calls

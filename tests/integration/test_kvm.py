@@ -4,6 +4,7 @@ user-mode port forwards on a loopback address of this test's own pool."""
 
 import re
 import subprocess
+import uuid
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -34,7 +35,7 @@ def test_a_kvm_tenant_answers_through_the_proxy_and_leaves_nothing(orch):
     # A domain of the tenant's name left behind (say, by a crash before orch recorded it):
     # the create takes it over under its UUID instead of failing.
     domain_name = f"{orch.domain_prefix}vm1"
-    left_uuid = "0f5e2b9a-3c1d-4e8f-9a7b-6c5d4e3f2a10"
+    left_uuid = str(uuid.uuid4())
     kvm_host.define(LEFT_BEHIND.format(name=domain_name, uuid=left_uuid))
 
     facts = orch.create("vm1", "vm1.example.test", "--backend", "kvm")

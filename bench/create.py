@@ -118,7 +118,8 @@ def bare_run(base, tenant, env, scratch):
     """A plain ansible-playbook run against a fresh root; returns seconds."""
     root = mount_overlay(base, scratch)
     hostvars = {f"orch_{k}": tenant[k] for k in
-                ("name", "uid", "port", "address", "hostname", "max_clients")}
+                ("name", "uid", "port", "address", "hostname", "max_clients",
+                 "memory_limit_bytes")}
     hostvars.update({"orch_gid": tenant["uid"], "ansible_host": str(root),
                      "ansible_connection": "community.general.chroot"})
     inventory = scratch / "inventory.json"

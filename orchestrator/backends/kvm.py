@@ -348,21 +348,13 @@ class KvmBackend(Backend):
             self._upload(pool, name, image)
 
     def start(self, tenant):
-        libvirt = _libvirt()
         domain = self.domain(tenant)
         if domain is None:
             raise StepFailed(f"domain {self.domain_name(tenant)} is not defined",
                              tenant=tenant.name, step="start",
                              fix=f"run `orch delete-tenant {tenant.name}` and create it again")
         if not domain.isActive():
-            with contextlib.suppress(FileNotFoundError):
-                self.console_log(tenant).unlink()
-            try:
-                domain.create()
-            except libvirt.libvirtError as exc:
-                raise StepFailed(f"libvirt could not start the domain: "
-                                 f"{exc.get_error_message()}", tenant=tenant.name,
-                                 step="start") from None
+            self._boot(tenant, domain, "start")
         self._wait_for_ssh(tenant)
         done = self.execute(tenant, ["systemctl", "start", SERVICE], as_root=True,
                             timeout=120)
@@ -382,15 +374,20 @@ class KvmBackend(Backend):
                              "it", tenant=tenant.name, step="restore",
                              fix=f"`orch start {tenant.name}`, then reprovision it")
         if not check:
-            libvirt = _libvirt()
-            try:
-                domain.create()
-            except libvirt.libvirtError as exc:
-                raise StepFailed(f"libvirt could not start the domain: "
-                                 f"{exc.get_error_message()}", tenant=tenant.name,
-                                 step="restore") from None
+            self._boot(tenant, domain, "restore")
             self._wait_for_ssh(tenant)
         return [f"domain {self.domain_name(tenant)} was not running"]
+
+    def _boot(self, tenant, domain, step):
+        """Start the defined domain, with a fresh console log."""
+        libvirt = _libvirt()
+        with contextlib.suppress(FileNotFoundError):
+            self.console_log(tenant).unlink()
+        try:
+            domain.create()
+        except libvirt.libvirtError as exc:
+            raise StepFailed(f"libvirt could not start the domain: {exc.get_error_message()}",
+                             tenant=tenant.name, step=step) from None
 
     def graceful(self, tenant):
         done = self.execute(tenant, ["systemctl", "reload-or-restart", SERVICE], as_root=True)
